@@ -1,0 +1,310 @@
+"""The job spec: one YAML file that describes a fine-tuning job, validated by a pydantic schema.
+
+A job is data. `load_spec` reads a file, applies `--set a.b=value` overrides and validates; every
+error names the field and, where the file has it, the line (`job.yaml:12: train.learning_rate:
+must be > 0`). `JobSpec.to_yaml()` writes it back so that it loads to the same spec (round trip).
+
+This module imports only pydantic and yaml: the trainers and the images read job files with it
+and must not pull in the launcher's cloud dependencies.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dataprep.config import DataConfig
+
+CLOUDS = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
+
+
+class SpecError(Exception):
+    """A job file that cannot be used; str() is one line per problem, ready to print."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling is alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: a list of names, or all-linear.")
+    merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
+
+
+class TrainConfig(_Section):
+    """The flags of the guide's example run, under today's Trainer names."""
+
+    per_device_train_batch_size: int = Field(8, gt=0, description="Sequences per device per step.")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="Sequences per device per eval step.")
+    gradient_accumulation_steps: int = Field(8, gt=0, description="Steps whose gradients add up before an update.")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(64, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 = use num_train_epochs.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Training precision; auto = bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.")
+    eval_steps: int = Field(128, gt=0, description="Evaluate every N steps.")
+    save_steps: int = Field(128, gt=0, description="Save a checkpoint every N steps.")
+    save_total_limit: int | None = Field(2, description="Keep at most N checkpoints (None = all).")
+    seed: int = Field(42, description="Seed for weight init, dropout and the trainer.")
+    data_seed: int | None = Field(42, description="Seed for data sampling (None = same as seed).")
+    optim: str = Field("adamw_torch_fused", description="Optimizer name as the Trainer knows it.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
+    logging_steps: int = Field(1, gt=0, description="Log every N steps.")
+    logging_first_step: bool = Field(True, description="Also log the very first step.")
+    dataloader_num_workers: int = Field(1, ge=0, description="Worker processes that load batches.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    report_to: Literal["none", "wandb", "tensorboard"] = Field("none", description="Where metrics go.")
+    wandb_project: str | None = Field(None, description="W&B project (default: the job name).")
+    do_eval: bool = Field(True, description="Evaluate on the validation split.")
+    ddp_find_unused_parameters: bool = Field(False, description="Passed to DDP; false is right for LoRA and full fine-tunes.")
+    sample_prompts: int = Field(3, ge=0, description="Validation prompts to generate from at the end.")
+
+
+class ResourcesConfig(_Section):
+    cloud: Literal["local", "lambda", "runpod", "aws", "gcp", "slurm"] = Field(
+        "local", description="Where the job runs: local (this machine), lambda, runpod, aws, gcp (TPU VMs), slurm.")
+    accelerators: str | None = Field(None, description="GPU or TPU and count, e.g. A100:1, H100:8, tpu-v3-8.")
+    spot: bool = Field(False, description="Use spot/preemptible machines (managed: relaunched and resumed).")
+    region: str | None = Field(None, description="Region to launch in (default: cheapest).")
+    zone: str | None = Field(None, description="Zone; pin it for TPU Research Cloud grants (e.g. europe-west4-a).")
+    disk_size: int = Field(256, gt=0, description="Boot disk in GB.")
+    num_nodes: int = Field(1, gt=0, description="Machines to train on together.")
+    idle_minutes: int = Field(30, ge=0, description="Tear the machine down after this many idle minutes.")
+    docker: bool = Field(False, description="local cloud only: run inside the GPU image with the local Docker engine.")
+
+    @property
+    def is_tpu(self) -> bool:
+        return bool(self.accelerators) and self.accelerators.lower().startswith("tpu-")
+
+
+class ImageConfig(_Section):
+    registry: str | None = Field(
+        None, description="Where images are pushed: docker.io/USER, ghcr.io/USER, an ECR or Artifact Registry repository.")
+    name: str = Field("llm-launcher", description="Image name.")
+    tag: str | None = Field(None, description="Fixed tag; default is a content hash of what goes into the image.")
+    base: str | None = Field(None, description="Base image override (build argument).")
+
+
+class OutputsConfig(_Section):
+    dir: str = Field("runs/{name}", description="Local folder for data, logs and checkpoints ({name} = job name).")
+    bucket: str | None = Field(None, description="s3://... or gs://... where cloud jobs upload checkpoints.")
+
+
+class JobSpec(_Section):
+    name: str = Field("my-finetune", description="Job name: lowercase letters, digits and dashes.")
+    model: str = Field(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="Base model: a Hugging Face hub id, a local folder, or a .gguf file.")
+    tokenizer: str | None = Field(None, description="Tokenizer, if not the model's own.")
+    method: Literal["full", "lora", "qlora"] = Field("lora", description="full fine-tune, LoRA, or QLoRA (4-bit base, CUDA only).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (lora and qlora).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Raw data and how to prepare it.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Trainer flags.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where and on what it runs.")
+    image: ImageConfig = Field(default_factory=ImageConfig, description="The Docker image cloud runs use.")
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Where results go.")
+    env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables for the job (no secrets).")
+    secrets: list[str] = Field(
+        default_factory=lambda: ["WANDB_API_KEY", "HF_TOKEN"],
+        description="Names of environment variables passed as secrets: read from your shell, never written to a file.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?", v):
+            raise ValueError("use 1-40 lowercase letters, digits and dashes, starting and ending with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobSpec":
+        r = self.resources
+        if r.is_tpu and r.cloud != "gcp":
+            raise ValueError(f"resources.accelerators: {r.accelerators} is a TPU, which only cloud gcp has (got cloud {r.cloud})")
+        if r.is_tpu and self.method != "full":
+            raise ValueError(f"method: {self.method} is not available on TPU (EasyLM trains full models only); use method: full")
+        if r.docker and r.cloud != "local":
+            raise ValueError("resources.docker: only for cloud local; cloud jobs always run in the image")
+        return self
+
+    # -- derived values ---------------------------------------------------------------------
+    def output_dir(self, base: Path | None = None) -> Path:
+        p = Path(self.outputs.dir.format(name=self.name)).expanduser()
+        return p if p.is_absolute() or base is None else base / p
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def parse_set(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Parse `--set a.b=value` items; values are YAML (2e-5, true, [a, b])."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set {item}: expected FIELD=VALUE, e.g. --set train.learning_rate=2e-5")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
+    for dotted, value in overrides:
+        node = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(f"--set {dotted}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *, data: dict | None = None) -> JobSpec:
+    """Read, override and validate a job file. Raises SpecError with one line per problem."""
+    label = str(path) if path else "<job>"
+    root = None
+    if data is None:
+        p = Path(path)
+        if not p.exists():
+            raise SpecError(f"{label}: no such file (create one with `launcher init {label}`)")
+        text = p.read_text(encoding="utf-8")
+        try:
+            root = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise SpecError(f"{label}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{label}: expected a mapping of fields (name:, model:, train: ...), got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError("\n".join(_describe(e, label, root))) from None
+
+
+def _describe(err: ValidationError, label: str, root) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        field = ".".join(loc) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field" + _did_you_mean(loc)
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            m = re.match(r"([a-z_.]+): (.*)", msg)
+            if m and not loc:  # model-level checks name their own field
+                field, msg = m.group(1), m.group(2)
+        elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[e["type"]]
+            bound = next(iter(e["ctx"].values()))
+            msg = f"must be {op} {bound} (got {e['input']!r})"
+        elif e["type"] == "literal_error":
+            msg = f"must be one of {e['ctx']['expected']} (got {e['input']!r})" + _close(e["input"], e["ctx"]["expected"])
+        else:
+            msg = msg[0].lower() + msg[1:]
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        line = _line_of(root, loc)
+        lines.append(f"{label}{':' + str(line) if line else ''}: {field}: {msg}")
+    return lines
+
+
+def _close(value, expected: str) -> str:
+    options = re.findall(r"'([^']+)'", expected)
+    match = difflib.get_close_matches(str(value), options, n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        f = model.model_fields.get(part)
+        ann = getattr(f, "annotation", None) if f else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return ""
+    match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else f" (known: {', '.join(model.model_fields)})"
+
+
+def _line_of(root, loc: list[str]) -> int | None:
+    """1-based line of the deepest node of `loc` present in the YAML tree."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == part:
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+# -- `launcher init` ----------------------------------------------------------------------------
+
+def commented_yaml(spec: JobSpec | None = None) -> str:
+    """The whole spec as YAML with each field's description as a comment above it."""
+    spec = spec or JobSpec()
+    out: list[str] = ["# A launcher job file. Every field is optional; these are the defaults.",
+                      "# Check it with `launcher submit --dry-run FILE`; override any field with --set a.b=value.", ""]
+    _emit(spec, out, 0)
+    return "\n".join(out) + "\n"
+
+
+def _emit(model: BaseModel, out: list[str], depth: int) -> None:
+    pad = "  " * depth
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if field.description:
+            out.append(f"{pad}# {field.description}")
+        if isinstance(value, BaseModel):
+            out.append(f"{pad}{name}:")
+            _emit(value, out, depth + 1)
+            if depth == 0:
+                out.append("")
+            continue
+        dumped = yaml.safe_dump({name: _plain(value)}, sort_keys=False, default_flow_style=None, allow_unicode=True).rstrip("\n")
+        out.extend(pad + line for line in dumped.splitlines())
+
+
+def _plain(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,130 @@
+"""The local record of every job this machine submitted: SQLite, safe under concurrent CLI calls.
+
+Lives at $LAUNCHER_HOME/state.db (default ~/.launcher). WAL mode and a busy timeout let two
+`launcher submit` calls and a `launcher status` run at once without "database is locked".
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
+STATES = {"PENDING", "PREPARING", "RUNNING", "STOPPING", *TERMINAL}
+
+
+def home() -> Path:
+    p = Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    cloud: str
+    spec_yaml: str
+    output_dir: str
+    state: str = "PENDING"
+    cluster: str | None = None
+    accelerators: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    log_path: str | None = None
+    price_per_hour: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def runtime(self, now: float | None = None) -> float:
+        if not self.started:
+            return 0.0
+        return (self.ended or now or time.time()) - self.started
+
+
+_COLUMNS = [f for f in Job.__dataclass_fields__]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, name TEXT, cloud TEXT, spec_yaml TEXT, output_dir TEXT, state TEXT,
+  cluster TEXT, accelerators TEXT, created REAL, started REAL, ended REAL, exit_code INTEGER,
+  pid INTEGER, log_path TEXT, price_per_hour REAL, extra TEXT
+);
+"""
+
+
+@contextmanager
+def _db():
+    con = sqlite3.connect(home() / "state.db", timeout=30, isolation_level=None)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=30000")
+        con.executescript(_SCHEMA)
+        yield con
+    finally:
+        con.close()
+
+
+def new_id(name: str) -> str:
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+def _row(job: Job) -> tuple:
+    d = asdict(job)
+    d["extra"] = json.dumps(d["extra"])
+    return tuple(d[c] for c in _COLUMNS)
+
+
+def _job(row: tuple) -> Job:
+    d = dict(zip(_COLUMNS, row))
+    d["extra"] = json.loads(d["extra"] or "{}")
+    return Job(**d)
+
+
+def save(job: Job) -> Job:
+    with _db() as con:
+        con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})", _row(job))
+    return job
+
+
+def update(job_id: str, **changes) -> Job:
+    """Change some fields of one job atomically (read-modify-write inside one transaction)."""
+    with _db() as con:
+        con.execute("BEGIN IMMEDIATE")
+        row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            con.execute("ROLLBACK")
+            raise KeyError(job_id)
+        job = _job(row)
+        for k, v in changes.items():
+            setattr(job, k, v)
+        con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})", _row(job))
+        con.execute("COMMIT")
+    return job
+
+
+def get(job_id: str) -> Job | None:
+    """A job by id, or by a unique prefix of its id."""
+    with _db() as con:
+        row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id LIKE ?", (job_id + "%",)).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+    return _job(row) if row else None
+
+
+def all_jobs() -> list[Job]:
+    with _db() as con:
+        rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs ORDER BY created").fetchall()
+    return [_job(r) for r in rows]
