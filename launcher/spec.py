@@ -225,6 +225,7 @@ def _describe(err: ValidationError, label: str, root) -> list[str]:
         elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[e["type"]]
             bound = next(iter(e["ctx"].values()))
+            bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
             msg = f"must be {op} {bound} (got {e['input']!r})"
         elif e["type"] == "literal_error":
             msg = f"must be one of {e['ctx']['expected']} (got {e['input']!r})" + _close(e["input"], e["ctx"]["expected"])
@@ -298,8 +299,9 @@ def _emit(model: BaseModel, out: list[str], depth: int) -> None:
             if depth == 0:
                 out.append("")
             continue
-        dumped = yaml.safe_dump({name: _plain(value)}, sort_keys=False, default_flow_style=None, allow_unicode=True).rstrip("\n")
-        out.extend(pad + line for line in dumped.splitlines())
+        flow = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000, allow_unicode=True)
+        flow = flow.removesuffix("\n").removesuffix("\n...").strip()
+        out.append(f"{pad}{name}: {flow}")
 
 
 def _plain(value):

