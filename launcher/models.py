@@ -75,6 +75,11 @@ def gguf_to_hf(gguf: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are already de-quantized to float; transformers still marks the model as
+        # "gguf-quantized" and refuses to save it, so drop that mark.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, out)
