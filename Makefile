@@ -34,6 +34,7 @@ demo: venv
 
 ## Every test: the training side in .venv, the cloud side in .venv-cloud.
 test: venv cloud-venv
+	bash .ci/system-deps.sh
 	bash .ci/test.sh
 
 test-train: venv
