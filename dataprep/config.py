@@ -7,7 +7,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Phrases of synthetic-data boilerplate (the guide's examples, after ehartford's optional_clean.py).
+DEFAULT_BOILERPLATE = [
+    "as an ai language model",
+    "as a language model",
+    "as an ai assistant",
+    "i am an ai language model",
+    "i'm an ai language model",
+    "trained by openai",
+    "developed by openai",
+    "created by openai",
+    "openai's guidelines",
+    "openai's content policy",
+    "harmful or offensive content",
+    "i'm sorry, but i cannot",
+    "i'm sorry, but i can't",
+    "i am sorry, but i cannot",
+    "i cannot fulfill that request",
+    "i cannot fulfill your request",
+    "i'm unable to provide",
+    "it is not appropriate for me",
+    "my knowledge cutoff",
+    "as of my last training update",
+    "against my programming",
+]
 
 
 class _Section(BaseModel):
@@ -15,12 +40,57 @@ class _Section(BaseModel):
 
 
 class Source(_Section):
-    path: str = Field(description="A file, a glob (data/*.jsonl) or a folder, relative to the job file.")
+    path: str | None = Field(None, description="A file, a glob (data/*.jsonl) or a folder, relative to the job file.")
     format: Literal["auto", "jsonl", "csv", "tsv", "html", "text", "sql", "parquet", "hf_dataset"] = Field(
-        "auto", description="Input format; auto guesses from the file extension.")
+        "auto", description="Input format; auto guesses from each file's extension (skipping unknown ones in a "
+                            "folder or glob); a set format applies to every file.")
     text: str | None = Field(None, description="Field or column that holds plain text (unsupervised data).")
     input: str | None = Field(None, description="Field or column that holds the prompt (supervised data).")
     output: str | None = Field(None, description="Field or column that holds the answer (supervised data).")
+    messages: str | None = Field(None, description="Field that holds a chat: a list of turns ({role, content} or {from, value}).")
+    header: bool = Field(True, description="CSV/TSV: the first row names the columns (else name columns by number: 0, 1, ...).")
+    encoding: str = Field("utf-8", description="Text encoding of the files (utf-8, latin-1, cp1252 ...).")
+    delimiter: str | None = Field(None, description="CSV: field separator (default , for csv and tab for tsv).")
+    table: str | None = Field(None, description="SQL dump: the table to read (default: the only table with rows).")
+    unit: Literal["file", "paragraph", "line"] = Field(
+        "file", description="Plain text and HTML: one example per file, per paragraph, or per line.")
+    url: str | None = Field(None, description="A live database URL (SQLAlchemy, e.g. postgresql://...) instead of a path.")
+    query: str | None = Field(None, description="With url: the SELECT whose columns are read.")
+
+    @model_validator(mode="after")
+    def _where(self) -> "Source":
+        if not self.path and not self.url:
+            raise ValueError("a source needs a path (file, glob or folder) or a url")
+        if self.url and not self.query:
+            raise ValueError("a url source needs a query (SELECT ...)")
+        if bool(self.input) != bool(self.output):
+            raise ValueError("set both input: and output: (supervised pairs), or text: alone")
+        return self
+
+
+class CleanConfig(_Section):
+    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalization form.")
+    min_chars: int = Field(1, ge=0, description="Drop examples shorter than this (characters, all fields together).")
+    max_chars: int = Field(1_000_000, gt=0, description="Drop examples longer than this.")
+    boilerplate: Literal["drop", "cut", "off"] = Field(
+        "drop", description="Synthetic-data boilerplate (As an AI language model...): drop the row, cut the sentence, or off.")
+    boilerplate_extra: list[str] = Field(default_factory=list, description="More phrases to treat as boilerplate (case-insensitive).")
+    boilerplate_default: bool = Field(True, description="Use the maintained default phrase list.")
+
+
+class DedupConfig(_Section):
+    exact: bool = Field(True, description="Drop exact duplicates (after normalization), keeping the first.")
+    near: bool = Field(True, description="Drop near-duplicates (MinHash LSH), keeping the first.")
+    threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two examples are near-duplicates.")
+    num_perm: int = Field(64, gt=0, description="MinHash permutations (more = more exact, slower).")
+
+
+class ClusterConfig(_Section):
+    enabled: bool = Field(False, description="Cluster examples for a diversity report.")
+    embedding: Literal["minilm", "tfidf"] = Field("tfidf", description="minilm (the MiniLM sentence model) or tfidf (no model).")
+    k: int = Field(8, gt=0, description="Number of clusters (k-means).")
+    max_share: float | None = Field(None, gt=0, le=1, description="Cap any one cluster's share of the data (drops the excess).")
+    examples: int = Field(3, ge=0, description="Examples shown per cluster in the report.")
 
 
 class DataConfig(_Section):
@@ -29,5 +99,22 @@ class DataConfig(_Section):
         "input_output", description="Training format: plain `text`, or `input`/`output` pairs with the loss on the output only.")
     split: tuple[float, float] = Field((0.99, 0.01), description="Train/validation ratio, as in the guide's 0.99,0.01.")
     seed: int = Field(42, description="Seed for the split and any sampling.")
-    max_length: int = Field(2048, gt=0, description="Tokens per training sequence.")
+    max_length: int = Field(2048, gt=0, description="Most tokens per training sequence (rows are not padded).")
     packing: bool = Field(True, description="Pack several examples into each sequence (no padding waste).")
+    too_long: Literal["truncate", "drop"] = Field("truncate", description="An example longer than max_length: truncate or drop it.")
+    chat_template: bool = Field(
+        False, description="Render input/output pairs as a user/assistant chat with the tokenizer's chat template.")
+    text_key: str = Field("text", description="Key of the formatted text in train.jsonl / val.jsonl.")
+    input_key: str = Field("input", description="Key of the formatted prompt in train.jsonl / val.jsonl.")
+    output_key: str = Field("output", description="Key of the formatted answer in train.jsonl / val.jsonl.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Deduplication.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Diversity clustering (optional).")
+    chunk_size: int = Field(2000, gt=0, description="Examples tokenized per batch (memory grows with this, not the input).")
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v):
+        if v[0] <= 0 or v[1] <= 0:
+            raise ValueError("both ratios must be > 0, e.g. [0.99, 0.01]")
+        return v

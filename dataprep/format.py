@@ -1,0 +1,53 @@
+"""Stage 5, format: a cleaned record becomes one line of train.jsonl / val.jsonl.
+
+`data.format: text` writes {"text"}; `input_output` writes {"input", "output"} (the key names are
+configurable). Chat turns, and input/output pairs when `data.chat_template` is on, are rendered
+with the tokenizer's own chat template: the prompt is every turn up to the last assistant turn plus
+the generation prompt, the answer is that last assistant turn.
+"""
+from __future__ import annotations
+
+from .config import DataConfig
+
+
+class Formatter:
+    def __init__(self, cfg: DataConfig, tokenizer):
+        self.cfg = cfg
+        self.tok = tokenizer
+
+    def _template(self, turns: list[dict], generation_prompt: bool) -> str:
+        if not getattr(self.tok, "chat_template", None):
+            from .errors import DataError
+
+            raise DataError("chat data needs a tokenizer with a chat template; this one has none "
+                            "(set data.chat_template: false and use input/output or text data)")
+        return self.tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def pair(self, rec: dict) -> tuple[str, str] | str:
+        """(prompt, answer), or a drop reason."""
+        if "messages" in rec:
+            turns = rec["messages"]
+            if turns[-1]["role"] != "assistant":
+                return "chat_without_final_answer"
+            return self._template(turns[:-1], True), turns[-1]["content"]
+        if "text" in rec:
+            return "", rec["text"]
+        if self.cfg.chat_template:
+            return self._template([{"role": "user", "content": rec["input"]}], True), rec["output"]
+        return rec["input"], rec["output"]
+
+    def __call__(self, rec: dict) -> dict | str:
+        c = self.cfg
+        if c.format == "text":
+            if "text" in rec:
+                return {c.text_key: rec["text"]}
+            if "messages" in rec:
+                return {c.text_key: self._template(rec["messages"], False)}
+            p = self.pair(rec)
+            if isinstance(p, str):
+                return p
+            return {c.text_key: p[0] + p[1]}
+        p = self.pair(rec)
+        if isinstance(p, str):
+            return p
+        return {c.input_key: p[0], c.output_key: p[1]}

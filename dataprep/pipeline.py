@@ -1,0 +1,227 @@
+"""The data pipeline, top to bottom: ingest -> clean -> dedup -> cluster -> format -> split ->
+tokenize+pack -> report, as the guide describes it, with every dropped row accounted for.
+
+`prepare(spec, out_dir, base_dir)` is what `launcher prep` and `python -m dataprep` call. Records
+stream through the stages one at a time (except the optional clustering, which needs them all);
+the formatted splits are written as JSONL first, then tokenized in chunks into Arrow.
+
+Cache: a fingerprint of the data section, the tokenizer (vocabulary, template, special tokens),
+and the bytes of every source file is kept in cache.json; a re-run with the same fingerprint
+returns the previous report without doing any work, and changing any of them redoes the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .clean import Boilerplate, clean_record
+from .config import DataConfig
+from .dedup import Deduper, content_key
+from .errors import DataError, Rejects
+from .format import Formatter
+from .ingest import read_source, source_files
+from .report import write_report
+from .tokenize import Packer
+
+VERSION = "dataprep-2"  # bump when the output of the same inputs changes
+STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
+
+
+def load_tokenizer(spec):
+    from transformers import AutoTokenizer
+
+    from launcher.models import ModelError, resolve_model
+
+    ref = spec.tokenizer or spec.model
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(ref))
+    except ModelError as e:
+        raise DataError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"tokenizer {ref}: cannot load it: {str(e).splitlines()[0]}") from None
+
+
+def fingerprint(cfg: DataConfig, tok, base_dir: Path, skip_bad: bool) -> str | None:
+    h = hashlib.sha256()
+    h.update(VERSION.encode())
+    h.update(cfg.model_dump_json().encode())
+    h.update(str(skip_bad).encode())
+    h.update(tok.backend_tokenizer.to_str().encode())
+    h.update(str(getattr(tok, "chat_template", None)).encode())
+    h.update(str((tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)).encode())
+    for src in cfg.sources:
+        if src.url:
+            return None  # a live database can change under us: never cached
+        for path, fmt in source_files(src, base_dir):
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for p in files:
+                h.update(str(p).encode())
+                with open(p, "rb") as f:
+                    while block := f.read(1 << 22):
+                        h.update(block)
+    return h.hexdigest()
+
+
+def _score(seed: int, key: str) -> float:
+    d = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big") / 2**64
+
+
+def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokenizer=None) -> dict:
+    """Run the pipeline for `spec.data`; returns the report (also written to out_dir/report.json)."""
+    cfg: DataConfig = spec.data
+    out_dir = Path(out_dir)
+    base_dir = Path(base_dir)
+    if not cfg.sources:
+        raise DataError("data.sources: no sources in the job file (add at least one path)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer or load_tokenizer(spec)
+
+    key = fingerprint(cfg, tok, base_dir, skip_bad)
+    cache_file = out_dir / "cache.json"
+    if key and cache_file.exists() and (out_dir / "report.json").exists():
+        if json.loads(cache_file.read_text()).get("key") == key and all((out_dir / s).exists() for s in ("train", "val")):
+            report = json.loads((out_dir / "report.json").read_text())
+            report["cached"] = True
+            print(f"dataprep: {out_dir} is up to date (same data, tokenizer and settings); nothing to do")
+            return report
+    cache_file.unlink(missing_ok=True)
+
+    rejects = Rejects(out_dir / "rejects.jsonl", skip_bad)
+    counts = {s: {"in": 0, "kept": 0} for s in STAGES}
+    try:
+        report = _run(cfg, tok, out_dir, base_dir, rejects, counts)
+    finally:
+        rejects.close()
+    if key:
+        cache_file.write_text(json.dumps({"key": key}))
+    return report
+
+
+def _run(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict) -> dict:
+    bp = Boilerplate(cfg.clean)
+    dedup = Deduper(cfg.dedup)
+    fmt = Formatter(cfg, tok)
+    val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
+
+    # Stages 1-3 stream; stage 4 (clustering) needs every example at once.
+    def deduped():
+        with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
+            for src in cfg.sources:
+                for raw in read_source(src, base_dir, rejects):
+                    bar.update(1)
+                    counts["ingest"]["kept"] += 1
+                    counts["clean"]["in"] += 1
+                    rec, why = clean_record(raw, cfg.clean, bp)
+                    if why:
+                        rejects.drop("clean", why, raw["_where"], _public(raw))
+                        continue
+                    counts["clean"]["kept"] += 1
+                    counts["dedup"]["in"] += 1
+                    key = content_key(rec)
+                    why = dedup.check(rec, key)
+                    if why:
+                        rejects.drop("dedup", why, rec["_where"], _public(rec))
+                        continue
+                    counts["dedup"]["kept"] += 1
+                    rec["_key"] = key
+                    yield rec
+
+    stream = deduped()
+    cluster_report = None
+    if cfg.cluster.enabled:
+        from .cluster import cluster
+
+        kept = list(stream)
+        counts["cluster"]["in"] = len(kept)
+        kept, dropped, cluster_report = cluster(kept, cfg.cluster, cfg.seed, out_dir) if kept else (kept, [], None)
+        for rec in dropped:
+            rejects.drop("cluster", "cluster_over_share", rec["_where"], _public(rec),
+                         detail=f"cluster {rec['_cluster']} above max_share {cfg.cluster.max_share}")
+        counts["cluster"]["kept"] = len(kept)
+        stream = iter(kept)
+
+    # Stages 5-6: format and split, written to temporary JSONL files with a sidecar of source locations.
+    tmp = {s: (out_dir / f".{s}.fmt.jsonl", out_dir / f".{s}.where") for s in ("train", "val")}
+    files = {s: (open(a, "w", encoding="utf-8"), open(b, "w", encoding="utf-8")) for s, (a, b) in tmp.items()}
+    n_split = Counter()
+    # the train example closest to validation (lowest score), and the validation example closest to
+    # train: moved over if one side would otherwise be empty
+    rescue = {"train": None, "val": None}
+    try:
+        for rec in stream:
+            if not cfg.cluster.enabled:
+                counts["cluster"]["in"] += 1
+                counts["cluster"]["kept"] += 1
+            counts["format"]["in"] += 1
+            row = fmt(rec)
+            if isinstance(row, str):
+                rejects.drop("format", row, rec["_where"], _public(rec))
+                continue
+            counts["format"]["kept"] += 1
+            counts["split"]["in"] += 1
+            # by content: identical texts land on the same side, whatever their order or source
+            score = _score(cfg.seed, rec["_key"])
+            side = "val" if score < val_frac else "train"
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            edge = score if side == "train" else -score
+            if rescue[side] is None or edge < rescue[side][0]:
+                rescue[side] = (edge, n_split[side])
+            files[side][0].write(line)
+            files[side][1].write(rec["_where"].replace("\n", " ") + "\n")
+            n_split[side] += 1
+    finally:
+        for a, b in files.values():
+            a.close()
+            b.close()
+    total = n_split["train"] + n_split["val"]
+    if total == 0:
+        raise DataError(f"no examples left after cleaning and deduplication ({rejects.total()} rows rejected; "
+                        f"see {out_dir / 'rejects.jsonl'})")
+    if total == 1:
+        raise DataError("only 1 example left after cleaning and deduplication: need at least 2 "
+                        "(one for training, one for validation)")
+    for empty, full in (("val", "train"), ("train", "val")):
+        if n_split[empty] == 0:
+            _move_line(tmp[full], tmp[empty], rescue[full][1])
+            n_split[empty], n_split[full] = 1, n_split[full] - 1
+    counts["split"]["kept"] = total
+
+    # Stage 7: tokenize and pack each split.
+    packer = Packer(tok, cfg)
+    tok_stats = {}
+    with tqdm(total=total, desc="tokenize+pack", unit=" ex", mininterval=1) as bar:
+        for s in ("train", "val"):
+            counts["tokenize"]["in"] += n_split[s]
+            st = packer.run(tmp[s][0], tmp[s][1], out_dir / f"{s}.jsonl", out_dir / s, rejects, s, bar)
+            counts["tokenize"]["kept"] += st["examples"]
+            tok_stats[s] = st
+            os.unlink(tmp[s][0])
+            os.unlink(tmp[s][1])
+    counts["ingest"]["in"] = counts["ingest"]["kept"] + rejects.counts.get(("ingest", "bad_input"), 0)
+    if tok_stats["val"]["examples"] == 0:
+        raise DataError("every validation example was dropped at tokenization (longer than data.max_length); "
+                        "raise max_length or use too_long: truncate")
+    for (stage, reason), n in rejects.counts.items():
+        counts[stage].setdefault("dropped", {})[reason] = n
+    return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report)
+
+
+def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> None:
+    """Move line `index` of one split's files (example and location) into the other, empty split."""
+    for a, b in zip(src, dst):
+        tmp = a.with_name(a.name + ".tmp")
+        with open(a, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout, open(b, "w", encoding="utf-8") as fv:
+            for i, line in enumerate(fin):
+                (fv if i == index else fout).write(line)
+        shutil.move(tmp, a)
+
+
+def _public(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not k.startswith("_")}
