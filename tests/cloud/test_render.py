@@ -1,0 +1,181 @@
+"""Rendering and validation of SkyPilot tasks, offline, for every cloud, and bad input.
+
+Each case renders the job spec to a SkyPilot task and has SkyPilot check it for real: its JSON
+schema, then its optimizer against real catalog rows (tests/cloud/fixtures/catalogs). Nothing
+can launch: the API server is disabled (conftest), so a stray launch would fail the test.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.backends.base import BackendError, get_backend
+from launcher.spec import SpecError, load_spec
+
+SECRET = "s3cr3t-value-never-in-a-file-4242"
+
+
+def spec_for(job_file: Path, **resources):
+    sets = [(f"resources.{k}", v) for k, v in resources.items()]
+    if resources.get("spot"):
+        sets.append(("outputs.bucket", "s3://my-ckpts/runs"))
+    return load_spec(job_file, sets)
+
+
+def dry(cloud: str, job_file: Path, **resources) -> tuple[str, dict]:
+    spec = spec_for(job_file, cloud=cloud, **resources)
+    backend = get_backend(cloud)
+    backend.check(spec)
+    out = backend.dry_run(spec, job_file)
+    task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    return out, task
+
+
+def test_lambda_gpu(quickstart_job, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    out, task = dry("lambda", quickstart_job, accelerators="A100:1", idle_minutes=45)
+    assert "gpu_1x_a100_sxm4" in out and "$1.99/hour" in out
+    r = task["resources"]
+    assert r["infra"] == "lambda" and r["accelerators"] == "A100:1" and r["use_spot"] is False
+    assert r["autostop"] == {"idle_minutes": 45, "down": True}  # Lambda cannot stop: always down
+    assert r["image_id"].startswith("docker:")
+    assert task["secrets"] == {"WANDB_API_KEY": "****"}
+    assert SECRET not in out
+    assert task["workdir"] == str(quickstart_job.parent)
+    assert task["envs"]["LAUNCHER_JOB"] == "job.yaml"
+    assert "trainers.entry" in task["run"]
+    assert "HF_TOKEN" in out  # named as not set, so not passed
+
+
+def test_runpod_gpu(quickstart_job):
+    out, task = dry("runpod", quickstart_job, accelerators="A100-80GB:1")
+    assert "1x_A100-80GB_SECURE" in out and "$1.39/hour" in out
+    assert task["resources"]["image_id"].startswith("docker:")  # the image is the pod
+
+
+def test_aws_spot_multinode(quickstart_job):
+    out, task = dry("aws", quickstart_job, accelerators="A100:8", spot=True, num_nodes=2)
+    assert "p4d.24xlarge" in out
+    assert task["num_nodes"] == 2 and task["resources"]["use_spot"] is True
+    assert "autostop" not in task["resources"]  # managed jobs own the cluster's lifetime
+    # the cheapest spot row (us-east-1, 2.4655/h), for two nodes
+    assert "$4.93/hour" in out
+
+
+def test_aws_on_demand(quickstart_job):
+    out, task = dry("aws", quickstart_job, accelerators="H100:8", region="us-east-1")
+    assert "p5.48xlarge" in out and "$55.04/hour" in out
+    assert task["resources"]["infra"] == "aws/us-east-1"
+
+
+def test_gcp_tpu_v3_8_pinned_zone(quickstart_job):
+    job = quickstart_job.parent / "full.yaml"
+    job.write_text(quickstart_job.read_text().replace("method: lora", "method: full"))
+    out, task = dry("gcp", job, accelerators="tpu-v3-8", zone="europe-west4-a", spot=True)
+    r = task["resources"]
+    assert r["infra"] == "gcp/*/europe-west4-a" and r["accelerators"] == "tpu-v3-8"
+    assert r["accelerator_args"]["runtime_version"]
+    assert "TPU-VM" in out and "$2.24/hour" in out  # the preemptible price in europe-west4-a
+
+
+def test_tpu_wrong_zone(quickstart_job):
+    job = quickstart_job.parent / "full.yaml"
+    job.write_text(quickstart_job.read_text().replace("method: lora", "method: full"))
+    with pytest.raises(BackendError) as e:
+        dry("gcp", job, accelerators="tpu-v3-8", zone="europe-west1-b")
+    msg = str(e.value)
+    assert "\n" not in msg and "europe-west1-b" in msg and "europe-west4-a" in msg
+
+
+def test_runpod_has_no_a100_40gb(quickstart_job):
+    with pytest.raises(BackendError) as e:
+        dry("runpod", quickstart_job, accelerators="A100:1")
+    msg = str(e.value)
+    assert "\n" not in msg and "A100-80GB:1" in msg  # SkyPilot's suggestion
+
+
+def test_lambda_has_no_spot(quickstart_job):
+    with pytest.raises(BackendError) as e:
+        dry("lambda", quickstart_job, accelerators="A100:1", spot=True)
+    assert "spot" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_accelerator(quickstart_job):
+    with pytest.raises(BackendError) as e:
+        dry("aws", quickstart_job, accelerators="Z100:1")
+    assert "Z100" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_aws_a100_1_suggests_a100_8(quickstart_job):
+    with pytest.raises(BackendError) as e:
+        dry("aws", quickstart_job, accelerators="A100:1")
+    assert "A100:8" in str(e.value)
+
+
+def test_unknown_cloud():
+    with pytest.raises(BackendError, match="unknown cloud 'nimbus'"):
+        get_backend("nimbus")
+
+
+def test_tpu_with_cloud_lambda(quickstart_job):
+    with pytest.raises(SpecError, match="only cloud gcp has"):
+        spec_for(quickstart_job, cloud="lambda", accelerators="tpu-v3-8")
+
+
+def test_spot_needs_a_bucket(quickstart_job):
+    spec = load_spec(quickstart_job, [("resources.cloud", "aws"), ("resources.accelerators", "A100:8"),
+                                      ("resources.spot", True)])
+    with pytest.raises(BackendError, match="outputs.bucket"):
+        get_backend("aws").check(spec)
+
+
+def test_runpod_refuses_multinode(quickstart_job):
+    spec = spec_for(quickstart_job, cloud="runpod", accelerators="A100-80GB:1", num_nodes=2)
+    with pytest.raises(BackendError, match="several nodes"):
+        get_backend("runpod").check(spec)
+
+
+def test_cloud_without_credentials(quickstart_job):
+    """HOME holds no Lambda key: SkyPilot's own check says the cloud is not enabled."""
+    spec = spec_for(quickstart_job, cloud="lambda", accelerators="A100:1")
+    with pytest.raises(BackendError) as e:
+        get_backend("lambda").preflight(spec)
+    assert "not enabled" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_image_never_built(quickstart_job, launcher_home):
+    from launcher import state
+
+    spec = spec_for(quickstart_job, cloud="lambda", accelerators="A100:1")
+    job = state.save(state.Job(id="q-1", name=spec.name, cloud="lambda", spec_yaml=spec.to_yaml(),
+                               output_dir=str(quickstart_job.parent / "out"),
+                               extra={"job_file": str(quickstart_job)}))
+    with pytest.raises(BackendError, match="never built"):
+        get_backend("lambda").submit(job, spec)
+    assert state.get("q-1").cluster is None  # nothing launched
+
+
+def test_dry_run_cli_masks_secrets_and_writes_none(quickstart_job, launcher_home, tmp_path):
+    """`launcher submit --dry-run` end to end: rendered task, masked secret, no file with the value."""
+    env = {**os.environ, "WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET + "-hf"}
+    p = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", str(quickstart_job), "--cloud", "lambda",
+                        "--gpus", "A100:1", "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "****" in p.stdout and SECRET not in p.stdout + p.stderr
+    assert "gpu_1x_a100_sxm4" in p.stdout and "nothing was launched" in p.stdout
+    for root in (launcher_home, quickstart_job.parent, Path(os.environ["SKY_RUNTIME_DIR"]), Path(os.environ["HOME"])):
+        for f in root.rglob("*"):
+            if f.is_file() and f.stat().st_size < 50_000_000:
+                assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_launcher_help_does_not_import_sky():
+    code = "import sys, launcher.cli, launcher.backends.sky, launcher.backends.lambda_, launcher.teardown; " \
+           "print('sky' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "False", p.stderr
