@@ -7,9 +7,12 @@ share a sequence until the next one would not fit (an example is never split acr
 `position_ids` restart at 0 at each example so a trainer can keep them apart. An example longer
 than max_length is truncated or dropped (`data.too_long`), and counted.
 
-Speed: texts are encoded in batches of `chunk_size` with the Rust tokenizer's `encode_batch`
-(multi-threaded, so both cores work); packing is a few numpy operations per chunk, and each chunk
-goes to disk as one Arrow record batch, so memory grows with the chunk size, not the input.
+Speed: texts are encoded in batches of `chunk_size` with one call of the Rust tokenizer's
+`encode_batch_fast` per chunk (multi-threaded, so every core works; TOKENIZERS_PARALLELISM must not
+be false), while the previous chunk is packed. The ids go straight into one numpy array; BOS/EOS,
+truncation, labels and position ids are numpy index arithmetic, and the only per-example Python is
+a loop over integer lengths (greedy packing). Each chunk goes to disk as one Arrow record batch, so
+memory grows with the chunk size, not the input. bench/prep_tokenize.py measures it.
 """
 from __future__ import annotations
 
@@ -63,109 +66,156 @@ class Packer:
         if tok.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token; set tokenizer: to one that has")
         self.cfg = cfg
-        self.backend = tok.backend_tokenizer
+        backend = tok.backend_tokenizer
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which we never use.
+        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
         with_sp = tok("a")["input_ids"]
         without = tok("a", add_special_tokens=False)["input_ids"]
         self.prefix = with_sp[:len(with_sp) - len(without)] if with_sp[len(with_sp) - len(without):] == without else []
-        self.eos = [tok.eos_token_id]
+        self.eos = tok.eos_token_id
         self.supervised = cfg.format == "input_output"
 
-    def encode(self, rows: list[dict]) -> list[tuple[list[int], int]]:
-        """(ids, number of masked prompt tokens) per row."""
+    def encode(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens of all rows end to end, tokens per row, masked prompt tokens per row) as numpy arrays.
+
+        Each row is prefix + [prompt] + text + EOS. One encode_batch call for the whole chunk (prompts
+        and answers together, so the Rust thread pool stays busy); the ids go straight into numpy,
+        and the prefix and EOS are placed with index arithmetic rather than per-row list copies.
+        """
         c = self.cfg
-        enc = self.backend.encode_batch
-        if not self.supervised:
-            outs = enc([r[c.text_key] for r in rows], add_special_tokens=False)
-            return [(self.prefix + e.ids + self.eos, len(self.prefix)) for e in outs]
-        ins = enc([r[c.input_key] for r in rows], add_special_tokens=False)
-        outs = enc([r[c.output_key] for r in rows], add_special_tokens=False)
-        p = self.prefix
-        return [(p + a.ids + b.ids + self.eos, len(p) + len(a.ids)) for a, b in zip(ins, outs)]
+        n_rows = len(rows)
+        texts = [r[c.input_key] for r in rows] + [r[c.output_key] for r in rows] if self.supervised \
+            else [r[c.text_key] for r in rows]
+        encs = self._encode_batch(texts, add_special_tokens=False)
+        seg_lens = np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+        tokens = np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int32, count=int(seg_lens.sum()))
+        P = len(self.prefix)
+        if self.supervised:
+            a, b = seg_lens[:n_rows], seg_lens[n_rows:]
+        else:
+            a, b = np.zeros(n_rows, dtype=np.int64), seg_lens
+        lens = P + a + b + 1
+        starts = np.cumsum(lens) - lens
+        flat = np.empty(int(lens.sum()), dtype=np.int32)
+        if P:
+            flat[(starts[:, None] + np.arange(P)).ravel()] = self.prefix
+        flat[starts + lens - 1] = self.eos
+        # The encoded segments are in order prompts..., answers... (or texts...): each token's place
+        # in `flat` is its row's start, plus what comes before it in the row, plus its index in the segment.
+        seg_dest = np.concatenate([starts + P, starts + P + a]) if self.supervised else starts + P
+        seg_first = np.cumsum(seg_lens) - seg_lens
+        flat[np.repeat(seg_dest - seg_first, seg_lens) + np.arange(len(tokens))] = tokens
+        return flat, lens, P + a
 
     def run(self, src: Path, where_file: Path, jsonl_out: Path, arrow_dir: Path, rejects: Rejects,
             split: str, progress=None) -> dict:
         c = self.cfg
-        L = c.max_length
         lengths = array("I")
         stats = {"examples_in": 0, "examples": 0, "dropped_too_long": 0, "dropped_no_answer": 0, "truncated": 0,
                  "sequences": 0, "tokens": 0, "label_tokens": 0}
         tmp_dir = arrow_dir.with_name(arrow_dir.name + ".tmp")
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
-        cur: list[tuple[list[int], int]] = []
-        cur_len = 0
+        # The open sequence (examples that may still be joined by the next chunk's first ones).
+        carry = (np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
 
         def chunks():
             with open(src, encoding="utf-8") as fin, open(where_file, encoding="utf-8") as fwhere:
                 while lines := list(islice(fin, c.chunk_size)):
                     yield lines, list(islice(fwhere, len(lines))), [json.loads(x) for x in lines]
 
-        # The next chunk is encoded (in Rust, without the GIL) while this one is packed and written.
+        # Tokenizing runs in Rust without the GIL, in a worker thread: while it encodes one chunk, this
+        # thread reads and parses the next one, then packs and writes the previous one.
         with open(jsonl_out, "w", encoding="utf-8") as fout, pa.OSFile(str(tmp_dir / ARROW), "wb") as sink, \
                 pa.ipc.new_stream(sink, SCHEMA) as writer, ThreadPoolExecutor(1) as pool:
             it = chunks()
-            nxt = next(it, None)
-            fut = pool.submit(self.encode, nxt[2]) if nxt else None
+            cur = next(it, None)
+            fut = pool.submit(self.encode, cur[2]) if cur else None
             while fut is not None:
-                lines, wheres, _ = nxt
-                encoded = fut.result()
                 nxt = next(it, None)
+                flat, lens, prompt = fut.result()
                 fut = pool.submit(self.encode, nxt[2]) if nxt else None
-                seqs: list[list[tuple[list[int], int]]] = []
-                for line, where, (ids, p) in zip(lines, wheres, encoded):
-                    stats["examples_in"] += 1
-                    n = len(ids)
-                    if n > L:
-                        if c.too_long == "drop":
-                            stats["dropped_too_long"] += 1
-                            rejects.drop("tokenize", "too_long_tokens", where.rstrip("\n"), line.rstrip("\n"),
-                                         detail=f"{n} tokens > max_length {L}")
-                            continue
-                        if self.supervised and p >= L:
-                            stats["dropped_no_answer"] += 1
-                            rejects.drop("tokenize", "prompt_fills_max_length", where.rstrip("\n"), line.rstrip("\n"),
-                                         detail=f"prompt alone is {p} tokens >= max_length {L}")
-                            continue
-                        ids, n = ids[:L], L
-                        stats["truncated"] += 1
-                    fout.write(line)
-                    stats["examples"] += 1
-                    lengths.append(n)
-                    stats["label_tokens"] += n - p
-                    if c.packing and cur and cur_len + n <= L:
-                        cur.append((ids, p))
-                        cur_len += n
-                    else:
-                        if cur:
-                            seqs.append(cur)
-                        cur, cur_len = [(ids, p)], n
+                lines, wheres, _ = cur
+                cur = nxt
+                stats["examples_in"] += len(lines)
+                flat, lens, prompt = self._fit(flat, lens, prompt, lines, wheres, fout, rejects, stats)
+                lengths.frombytes(lens.astype(np.uint32).tobytes())
+                stats["label_tokens"] += int((lens - prompt).sum())
+                flat, lens, prompt = (np.concatenate(x) for x in zip(carry, (flat, lens, prompt)))
+                firsts = self._sequence_starts(lens)
+                if len(firsts) > 1:  # all but the last sequence are complete; the last may still grow
+                    n_done = firsts[-1]
+                    t = int(lens[:n_done].sum())
+                    writer.write_batch(self._batch(flat[:t], lens[:n_done], prompt[:n_done], firsts[:-1], stats))
+                    flat, lens, prompt = flat[t:], lens[n_done:], prompt[n_done:]
+                carry = (flat, lens, prompt)
                 if progress is not None:
                     progress.update(len(lines))
-                if seqs:
-                    writer.write_batch(self._batch(seqs, stats))
-            if cur:
-                writer.write_batch(self._batch([cur], stats))
+            if len(carry[1]):
+                writer.write_batch(self._batch(*carry, self._sequence_starts(carry[1]), stats))
         _finish_dataset_dir(tmp_dir, arrow_dir)
         stats["lengths"] = lengths
         return stats
 
-    def _batch(self, seqs, stats) -> pa.RecordBatch:
-        """One Arrow batch: each sequence is its examples end to end, with no padding (a collator pads).
+    def _fit(self, flat, lens, prompt, lines, wheres, fout, rejects, stats):
+        """Drop or truncate the examples longer than max_length; write the kept ones' lines to fout."""
+        c, L = self.cfg, self.cfg.max_length
+        long = np.flatnonzero(lens > L)
+        if not len(long):
+            fout.writelines(lines)
+            stats["examples"] += len(lines)
+            return flat, lens, prompt
+        keep = np.ones(len(lens), dtype=bool)
+        for i in long.tolist():
+            n, p = int(lens[i]), int(prompt[i])
+            if c.too_long == "drop":
+                keep[i] = False
+                stats["dropped_too_long"] += 1
+                rejects.drop("tokenize", "too_long_tokens", wheres[i].rstrip("\n"), lines[i].rstrip("\n"),
+                             detail=f"{n} tokens > max_length {L}")
+            elif self.supervised and p >= L:
+                keep[i] = False
+                stats["dropped_no_answer"] += 1
+                rejects.drop("tokenize", "prompt_fills_max_length", wheres[i].rstrip("\n"), lines[i].rstrip("\n"),
+                             detail=f"prompt alone is {p} tokens >= max_length {L}")
+            else:
+                stats["truncated"] += 1
+        fout.writelines(line for line, k in zip(lines, keep.tolist()) if k)
+        stats["examples"] += int(keep.sum())
+        pos = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        flat = flat[np.repeat(keep, lens) & (pos < L)]
+        return flat, np.minimum(lens, L)[keep], prompt[keep]
 
-        The tokens of a batch are already in order, so the Arrow values are one flat numpy array and
-        the sequences are just offsets into it; no Python loop over tokens.
+    def _sequence_starts(self, lens: np.ndarray) -> list[int]:
+        """Index of the first example of each sequence.
+
+        Packing is greedy and in order: an example joins the current sequence if it fits, else it
+        starts the next one. A loop over integers only (well under a microsecond an example), never over tokens.
         """
-        examples = [ex for seq in seqs for ex in seq]
-        lens = np.fromiter((len(ids) for ids, _ in examples), dtype=np.int64, count=len(examples))
-        prompt = np.fromiter((p for _, p in examples), dtype=np.int64, count=len(examples))
-        seq_lens = np.fromiter((sum(len(ids) for ids, _ in seq) for seq in seqs), dtype=np.int64, count=len(seqs))
-        total = int(lens.sum())
-        flat = np.fromiter(chain.from_iterable(ids for ids, _ in examples), dtype=np.int32, count=total)
-        pos = (np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)).astype(np.int32)
+        if not self.cfg.packing:
+            return list(range(len(lens)))
+        L, firsts, cur = self.cfg.max_length, [], 0
+        for i, n in enumerate(lens.tolist()):
+            if cur and cur + n <= L:
+                cur += n
+            else:
+                firsts.append(i)
+                cur = n
+        return firsts
+
+    def _batch(self, flat, lens, prompt, firsts, stats) -> pa.RecordBatch:
+        """One Arrow batch of whole sequences: each is its examples end to end, with no padding (a collator pads).
+
+        `flat` holds the examples' tokens in order, so the Arrow values are numpy arrays and the
+        sequences are just offsets into them (`firsts`: each sequence's first example).
+        """
+        ex_off = np.concatenate([[0], np.cumsum(lens)])
+        offsets = pa.array(np.append(ex_off[np.asarray(firsts, dtype=np.int64)], ex_off[-1]).astype(np.int32))
+        total = len(flat)
+        pos = (np.arange(total) - np.repeat(ex_off[:-1], lens)).astype(np.int32)
         labels = np.where(pos < np.repeat(prompt, lens), np.int32(-100), flat)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(seq_lens)]).astype(np.int32))
         stats["tokens"] += total
-        stats["sequences"] += len(seqs)
+        stats["sequences"] += len(offsets) - 1
         cols = [pa.ListArray.from_arrays(offsets, pa.array(x))
                 for x in (flat, np.ones(total, dtype=np.int8), labels, pos)]
         return pa.RecordBatch.from_arrays(cols, schema=SCHEMA)
