@@ -1,0 +1,45 @@
+"""`python -m trainers.tpu.train` refuses bad input with one line and exit code 2, before any TPU work.
+
+These run without EasyLM: every check happens before EasyLM is started.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tpu_test_helpers import write_prepared
+
+
+def run_train(tmp_path, job: dict, data=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))
+    data = data or write_prepared(tmp_path / "data", 4, 1)
+    return subprocess.run([sys.executable, "-m", "trainers.tpu.train", str(path), "--data", str(data),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+
+
+def base_job(model) -> dict:
+    return {"name": "tpu-cli", "model": str(model), "method": "full", "data": {"max_length": 32},
+            "resources": {"cloud": "gcp", "accelerators": "tpu-v3-8"}}
+
+
+def test_bad_inputs_exit_2_with_one_line(tiny_llama, tmp_path):
+    cases = [
+        ({**base_job(tiny_llama), "train": {"learning_rate": -1}}, "train.learning_rate"),
+        ({**base_job(tiny_llama), "resources": {"cloud": "gcp", "accelerators": "tpu-v9-8"}}, "unknown TPU type"),
+        ({**base_job(tiny_llama), "train": {"lr_scheduler_type": "linear"}}, "train.lr_scheduler_type"),
+        ({**base_job(tiny_llama), "data": {"max_length": 100000}}, "data.max_length"),
+        ({**base_job(tiny_llama), "model": str(tmp_path)}, "config.json"),
+    ]
+    for i, (job, words) in enumerate(cases):
+        r = run_train(tmp_path / str(i), job, data=write_prepared(tmp_path / f"d{i}", 4, 1))
+        assert r.returncode == 2, (words, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (words, r.stderr)
+        assert "Traceback" not in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_train(tmp_path / "e", base_job(tiny_llama), data=empty)
+    assert r.returncode == 2 and "train.jsonl: not found" in r.stderr

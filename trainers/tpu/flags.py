@@ -1,0 +1,228 @@
+"""EasyLM's command line for a job: `render(spec, tpu_type, ...)` returns the `--a.b=value` flags.
+
+Pure and standard-library only (no JAX, no torch), so the SkyPilot task and `--dry-run` can show
+exactly what a TPU run will do. What it decides, and why:
+- Model shape from the HF config, field by field: EasyLM accepts `--load_llama_config` and ignores it.
+- The mesh: FSDP over every device of the TPU (`1,N,1`); the global batch is the per-device batch
+  times N, so it is always a multiple of the device count, as EasyLM's sharding requires.
+- Gradient accumulation with EasyLM's optax.MultiSteps: a step of EasyLM is a micro-batch, so total
+  steps, save and log intervals are counted in micro-batches, the LR schedule in updates.
+- The learning rate: linear warmup then cosine to 0 (or flat for constant schedules), AdamW with the
+  HF Trainer's betas; EasyLM's own defaults are pre-training values (lr 0.01, b2 0.95, decay 1e-4).
+- Checkpoints in fp32 with the optimizer state, so a resumed run continues exactly.
+- `--llama.rope_theta` is a real EasyLM flag that EasyLM never uses; `trainers.tpu.easylm_main`
+  makes it take effect at run time.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+EASYLM_MODULE = "EasyLM.models.llama.llama_train"
+DEFAULT_ROPE_THETA = 10000.0
+
+
+class ModelConfigError(Exception):
+    """A model EasyLM's LLaMA cannot train; the message says which field and why."""
+
+
+class FlagError(Exception):
+    """A job that cannot run on this TPU as asked; the message names the field."""
+
+
+# -- the TPU ------------------------------------------------------------------------------------
+
+def tpu_shape(tpu_type: str) -> tuple[int, int]:
+    """(JAX devices, hosts) of a TPU type such as v3-8, v4-8, v3-32, v5litepod-16; `cpu-N` for tests.
+
+    The number in a v2/v3/v4/v5p name counts TensorCores; v4 and v5p fuse two cores into one device
+    (megacore), so a v4-8 is 4 devices. v5e/v6e names count chips, 4 per host in pods. A host has
+    8 TensorCores on v2/v3/v4/v5p.
+    """
+    t = tpu_type.lower().removeprefix("tpu-")
+    m = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v5e|v6e|cpu)(?:-(\d+))?", t)
+    if not m or (m.group(1) != "cpu" and not m.group(2)):
+        raise FlagError(f"resources.accelerators: unknown TPU type {tpu_type!r} (expected e.g. tpu-v3-8, tpu-v4-8, tpu-v3-32)")
+    kind, n = m.group(1), int(m.group(2) or 1)
+    if kind == "cpu":
+        return n, 1
+    if kind in ("v2", "v3"):
+        return n, max(1, n // 8)
+    if kind in ("v4", "v5p"):
+        return max(1, n // 2), max(1, n // 8)
+    return n, 1 if n <= 8 else n // 4
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+def rope_theta(cfg: dict) -> float:
+    """rope_theta under either transformers layout (v4: top level; v5: rope_parameters)."""
+    params = cfg.get("rope_parameters") or {}
+    return float(params.get("rope_theta", cfg.get("rope_theta", DEFAULT_ROPE_THETA)))
+
+
+def llama_shape(cfg: dict) -> dict:
+    """EasyLM `--llama.*` fields for a HF config; refuses what EasyLM's LLaMA cannot represent."""
+    mt = cfg.get("model_type")
+    if mt != "llama":
+        raise ModelConfigError(f"model: model_type {mt!r} is not supported on TPU (EasyLM trains LLaMA-family models: model_type 'llama')")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ModelConfigError(f"model: {flag}=true is not supported by EasyLM's LLaMA (no biases)")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ModelConfigError(f"model: hidden_act {cfg.get('hidden_act')!r} is not supported by EasyLM's LLaMA (silu only)")
+    heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
+    if cfg.get("head_dim") not in (None, hidden // heads) or hidden % heads:
+        raise ModelConfigError(f"model: head_dim {cfg.get('head_dim')} != hidden_size / num_attention_heads; EasyLM cannot represent it")
+    scaling = cfg.get("rope_scaling") or {}
+    rtype = scaling.get("rope_type") or scaling.get("type") or (cfg.get("rope_parameters") or {}).get("rope_type", "default")
+    if rtype != "default":
+        raise ModelConfigError(f"model: rope scaling {rtype!r} is not supported by EasyLM (plain RoPE only)")
+    return {
+        "vocab_size": cfg["vocab_size"],
+        "hidden_size": hidden,
+        "intermediate_size": cfg["intermediate_size"],
+        "num_hidden_layers": cfg["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": cfg.get("num_key_value_heads") or heads,
+        "max_position_embeddings": cfg["max_position_embeddings"],
+        "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
+        "rope_theta": rope_theta(cfg),
+        "initializer_range": float(cfg.get("initializer_range", 0.02)),
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def plan(spec, tpu_type: str, train_tokens: int) -> dict:
+    """The numbers a run is made of: devices, batch, accumulation, updates, EasyLM steps."""
+    devices, hosts = tpu_shape(tpu_type)
+    t = spec.train
+    batch = t.per_device_train_batch_size * devices
+    seq = spec.data.max_length
+    accum = t.gradient_accumulation_steps
+    tokens_per_update = batch * seq * accum
+    if t.max_steps > 0:
+        updates = t.max_steps
+    else:
+        updates = max(1, math.ceil(t.num_train_epochs * train_tokens / tokens_per_update))
+    return {"devices": devices, "hosts": hosts, "batch_size": batch, "seq_length": seq,
+            "accumulate": accum, "tokens_per_update": tokens_per_update, "updates": updates,
+            "total_steps": updates * accum}
+
+
+def _f(x: float) -> str:
+    return repr(float(x))
+
+
+def render(spec, tpu_type: str, data_dir: str, out_dir: str, *, model_config: dict, tokenizer_dir: str,
+           params_path: str, train_tokens: int, val_tokens: int = 0, prefix_ids: list[int] = ()) -> list[str]:
+    """EasyLM flags for `python -m EasyLM.models.llama.llama_train` (or our `easylm_main`).
+
+    data_dir holds the adapted train.jsonl/val.jsonl (`trainers.tpu.data`); out_dir is where EasyLM
+    writes (a local folder, or gs://... which every host of a pod can read back on resume);
+    params_path is the converted starting model. Raises FlagError/ModelConfigError with one line.
+    """
+    t = spec.train
+    shape = llama_shape(model_config)
+    p = plan(spec, tpu_type, train_tokens)
+    is_cpu = tpu_type.lower().startswith("cpu")
+    if p["seq_length"] > shape["max_position_embeddings"]:
+        raise FlagError(f"data.max_length: {p['seq_length']} is longer than the model's max_position_embeddings "
+                        f"({shape['max_position_embeddings']})")
+    if p["hosts"] > 1 and not str(out_dir).startswith("gs://"):
+        raise FlagError(f"outputs.bucket: a {tpu_type} has {p['hosts']} hosts, which must share checkpoints; "
+                        "set outputs.bucket to a gs://... bucket")
+
+    if t.lr_scheduler_type in ("cosine", "cosine_with_min_lr"):
+        end_lr, warmup = 0.0, t.warmup_steps
+    elif t.lr_scheduler_type == "constant_with_warmup":
+        end_lr, warmup = t.learning_rate, t.warmup_steps
+    elif t.lr_scheduler_type == "constant":
+        end_lr, warmup = t.learning_rate, 0
+    else:
+        raise FlagError(f"train.lr_scheduler_type: {t.lr_scheduler_type} is not available on TPU "
+                        "(EasyLM has warmup + cosine only); use cosine, constant or constant_with_warmup")
+    if t.precision == "fp16":
+        raise FlagError("train.precision: fp16 is not available on TPU; use bf16 (or auto)")
+    dtype = "fp32" if t.precision == "fp32" or (t.precision == "auto" and is_cpu) else "bf16"
+
+    # Mirrors trainers.tpu.data.fields (kept here so the renderer stays standard-library only).
+    keys = "text" if spec.data.format == "text" else "[input],output"
+    fields = ",".join([f"[<|{i}|>]" for i in prefix_ids] + [keys])
+    evaluate = t.do_eval and val_tokens > 0
+    accum = p["accumulate"]
+    log_every = (t.eval_steps if evaluate else t.logging_steps) * accum
+
+    flags = {
+        "seed": t.seed,
+        "mesh_dim": f"1,{p['devices']},1",
+        "dtype": dtype,
+        "param_dtype": "fp32",
+        "total_steps": p["total_steps"],
+        "log_freq": log_every,
+        # The model saves at the start and at the end (or on SIGTERM) only; easylm_main skips the
+        # start one. Periodic saves are milestones: new files each time, never a half-overwritten one.
+        "save_model_freq": p["total_steps"] + 1,
+        "save_milestone_freq": t.save_steps * accum,
+        "load_checkpoint": f"params::{params_path}",
+        "tokenizer": tokenizer_dir,
+        "train_dataset.type": "json",
+        "train_dataset.text_processor.fields": fields,
+        "train_dataset.text_processor.add_bos_token": False,
+        "train_dataset.text_processor.add_eos_token": True,
+        "train_dataset.json_dataset.path": f"{data_dir}/train.jsonl",
+        "train_dataset.json_dataset.seq_length": p["seq_length"],
+        "train_dataset.json_dataset.batch_size": p["batch_size"],
+        # One tokenizer process: with a pool, EasyLM's saved file position runs up to 2048 lines
+        # ahead of the tokens trained on, and a resume would skip them.
+        "train_dataset.json_dataset.tokenizer_processes": 1,
+        "eval_steps": 0,
+        "optimizer.type": "adamw",
+        "optimizer.accumulate_gradient_steps": accum,
+        "optimizer.adamw_optimizer.init_lr": 0.0,
+        "optimizer.adamw_optimizer.lr": t.learning_rate,
+        "optimizer.adamw_optimizer.end_lr": end_lr,
+        "optimizer.adamw_optimizer.lr_warmup_steps": warmup,
+        # optax needs decay past warmup; the cosine reaches end_lr at the last update.
+        "optimizer.adamw_optimizer.lr_decay_steps": max(p["updates"], warmup + 1),
+        "optimizer.adamw_optimizer.b1": 0.9,
+        "optimizer.adamw_optimizer.b2": 0.999,
+        # max_grad_norm 0 means "off"; clip_by_global_norm(0) would zero every update.
+        "optimizer.adamw_optimizer.clip_gradient": t.max_grad_norm if t.max_grad_norm > 0 else 1e9,
+        "optimizer.adamw_optimizer.weight_decay": t.weight_decay,
+        "checkpointer.float_dtype": "fp32",
+        "checkpointer.save_optimizer_state": True,
+        "logger.output_dir": out_dir,
+        "logger.experiment_id": spec.name,
+        "logger.online": t.report_to == "wandb",
+        "logger.project": t.wandb_project or spec.name,
+        "llama.base_model": "llama_1b",
+        "llama.remat_policy": "nothing_saveable" if t.gradient_checkpointing else "",
+    }
+    flags.update({f"llama.{k}": v for k, v in shape.items()})
+    if evaluate:
+        batch_tokens = p["batch_size"] * p["seq_length"]
+        flags.update({
+            # EasyLM evaluates at every log, over this many batches of the (wrapping) val stream.
+            "eval_steps": max(1, min(50, math.ceil(val_tokens / batch_tokens))),
+            "eval_dataset.type": "json",
+            "eval_dataset.text_processor.fields": fields,
+            "eval_dataset.text_processor.add_bos_token": False,
+            "eval_dataset.text_processor.add_eos_token": True,
+            "eval_dataset.json_dataset.path": f"{data_dir}/val.jsonl",
+            "eval_dataset.json_dataset.seq_length": p["seq_length"],
+            "eval_dataset.json_dataset.batch_size": p["batch_size"],
+        })
+    if p["hosts"] > 1:
+        # On a TPU pod jax.distributed finds its peers from the TPU metadata: no addresses needed.
+        flags["jax_distributed.initialize_jax_distributed"] = True
+    return [f"--{k}={_value(v)}" for k, v in flags.items()]
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    if isinstance(v, float):
+        return _f(v)
+    return str(v)

@@ -1,0 +1,287 @@
+"""The TPU trainer's command: a full fine-tune with EasyLM, from a HF checkpoint to a HF checkpoint.
+
+    python -m trainers.tpu.train JOB.yaml --data DATA_DIR --out OUT [--tpu-type v3-8]
+
+1. resolves the job's model and converts it once to EasyLM streaming params (OUT/tpu/params/);
+2. checks and adapts DATA_DIR/train.jsonl and val.jsonl to EasyLM's json dataset (OUT/tpu/data/) and
+   counts their tokens, which with num_train_epochs sets the number of steps;
+3. renders EasyLM's flags from the job (`trainers.tpu.flags`) and runs EasyLM through
+   `trainers.tpu.easylm_main`, which resumes from the newest complete train state by itself;
+4. converts the final train state back to a HF checkpoint in OUT/final/ (config, tokenizer, bos/eos
+   and dtype of the base model), writes manifest.json last and uploads it when outputs.bucket is set.
+
+EasyLM runs with $EASYLM_PYTHON (default: this Python) and $EASYLM_DIR on PYTHONPATH. The same
+command runs on every host of a TPU pod (SkyPilot does that); only host 0 (SKYPILOT_NODE_RANK)
+writes the final model, and uploads it to BUCKET/JOB/final/ like the GPU trainer. EasyLM's checkpoints
+go to BUCKET/JOB/easylm/ when the bucket is gs://, so a pod, or a replacement VM after preemption,
+reads them back; otherwise to OUT/tpu/run/.
+Exit codes: 0 done, 1 failed, 2 bad input, 75 stopped by SIGTERM after saving (run again to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainers.tpu import data as tpu_data
+from trainers.tpu.flags import FlagError, ModelConfigError, plan, render, tpu_shape
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, 75
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _say(msg: str) -> None:
+    print(f"[tpu] {msg}", flush=True)
+
+
+def _model_key(hf_dir: Path) -> str:
+    """Identifies a model folder's weights without hashing gigabytes: names, sizes, mtimes, config."""
+    h = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for p in sorted(hf_dir.glob("*.safetensors")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def convert_base(hf_dir: Path, work: Path) -> Path:
+    """EasyLM params of the base model, converted once per model (a rerun reuses them)."""
+    from trainers.tpu.convert import hf_to_easylm
+
+    params = work / "params" / f"base-{_model_key(hf_dir)}.streaming"
+    if not params.is_file():
+        params.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        n = hf_to_easylm(hf_dir, params)
+        _say(f"converted {hf_dir} to EasyLM params ({n} tensors, {time.time() - t0:.0f}s): {params}")
+    return params
+
+
+def prepare_data(spec, data_dir: Path, work: Path, tokenizer_dir: Path) -> dict:
+    """Adapt the data and count tokens; cached by the source files' size and mtime."""
+    out = work / "data"
+    stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in sorted(data_dir.glob("*.jsonl"))
+             if p.name in ("train.jsonl", "val.jsonl")]
+    stamp = {"sources": stamp, "format": spec.data.format, "tokenizer": str(tokenizer_dir)}
+    counts_file = out / "counts.json"
+    if counts_file.is_file():
+        cached = json.loads(counts_file.read_text())
+        if cached.get("stamp") == json.loads(json.dumps(stamp)):
+            return cached
+    source_keys = {k: getattr(spec.data, f"{k}_key", k) for k in ("text", "input", "output")}
+    rows = tpu_data.adapt(data_dir, out, spec.data.format, source_keys)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    if tok.eos_token_id is None:
+        raise tpu_data.DataError(f"{tokenizer_dir}: the tokenizer has no eos token; EasyLM ends every example with one")
+    prefix = tpu_data.special_prefix(tok)
+    counts = {"stamp": stamp, "rows": rows, "prefix_ids": prefix,
+              "train_tokens": tpu_data.count_tokens(tok, out / "train.jsonl", spec.data.format, prefix),
+              "val_tokens": tpu_data.count_tokens(tok, out / "val.jsonl", spec.data.format, prefix)}
+    counts_file.write_text(json.dumps(counts, indent=1))
+    return counts
+
+
+def parse_metrics(text: str) -> dict | None:
+    """One of EasyLM's printed metric dicts as plain numbers, or None if it is not one."""
+    plain = re.sub(r"(?:np\.\w+|array)\(([^(),]+)(?:, dtype=\w+)?\)", r"\1", text)
+    try:
+        d = ast.literal_eval(plain)
+    except (ValueError, SyntaxError):
+        return None
+    return d if isinstance(d, dict) and "step" in d else None
+
+
+def run_easylm(cmd: list[str], env: dict, log_history: list) -> int:
+    """Run EasyLM, pass SIGTERM/SIGINT on, echo its output and collect the metric dicts it prints."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    terminated: list[int] = []
+
+    def forward(signum, _frame):
+        proc.send_signal(signum)
+        if signum == signal.SIGTERM:
+            terminated.append(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    block: list[str] | None = None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            # EasyLM pprints one dict per logged step: "{'accuracy': array(0.1, dtype=float32), ...}".
+            s = line.strip()
+            if block is None and s.startswith("{'"):
+                block = []
+            if block is not None:
+                block.append(s)
+                if s.endswith("}"):
+                    metrics = parse_metrics(" ".join(block))
+                    if metrics:
+                        log_history.append(metrics)
+                    block = None
+        code = proc.wait()
+        # Killed by our SIGTERM before EasyLM could catch it (still importing): nothing was lost.
+        return EXIT_PREEMPTED if terminated and code == -signal.SIGTERM else code
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainers.tpu.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("job", type=Path)
+    ap.add_argument("--data", type=Path, required=True, help="the prepared data folder (train.jsonl, val.jsonl)")
+    ap.add_argument("--out", type=Path, required=True, help="the run folder")
+    ap.add_argument("--tpu-type", default=os.environ.get("LAUNCHER_TPU_TYPE"),
+                    help="v3-8, v4-8, v3-32 ... (default: from resources.accelerators); cpu-N runs on N CPU devices")
+    args = ap.parse_args(argv)
+
+    def stopped(signum, _frame):
+        # Before and after EasyLM runs nothing is lost by stopping: conversions write atomically.
+        raise SystemExit(EXIT_PREEMPTED)
+
+    signal.signal(signal.SIGTERM, stopped)
+    from launcher.manifest import is_complete
+    from launcher.models import ModelError, resolve_model
+    from launcher.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.job)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if spec.method != "full":
+        print(f"error: {args.job}: method: {spec.method} is not available on TPU (EasyLM trains full models only)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    tpu_type = args.tpu_type or (spec.resources.accelerators or "").lower().removeprefix("tpu-").split(":")[0]
+    out = args.out.resolve()
+    work = out / "tpu"
+    rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0"))
+
+    try:
+        hf_dir = Path(resolve_model(spec.model))
+        if not (hf_dir / "config.json").is_file():
+            raise ModelError(f"model {spec.model}: no config.json there (the TPU trainer needs a local HF folder or a .gguf file)")
+        from trainers.tpu.convert import read_config
+
+        model_config = read_config(hf_dir)
+        bucket = spec.outputs.bucket
+        # BUCKET/JOB is the job's folder, as for the GPU trainer: `launcher sync` reads final/ there.
+        easylm_out = f"{bucket.rstrip('/')}/{spec.name}/easylm" if bucket and bucket.startswith("gs://") else str(work / "run")
+        # Refuse a job that cannot run before spending minutes on tokens and weights.
+        render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
+               train_tokens=1)
+        if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
+            # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
+            _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
+            return 0
+        tok_src = Path(resolve_model(spec.tokenizer)) if spec.tokenizer else hf_dir
+        if not tok_src.is_dir():
+            raise ModelError(f"tokenizer {spec.tokenizer}: not a local folder (the TPU trainer needs the files on disk)")
+        tokenizer_dir = tpu_data.easylm_tokenizer(tok_src, work / "tokenizer")
+        counts = prepare_data(spec, args.data.resolve(), work, tokenizer_dir)
+        run_plan = plan(spec, tpu_type, counts["train_tokens"])
+        flags = render(spec, tpu_type, str(work / "data"), easylm_out, model_config=model_config,
+                       tokenizer_dir=str(tokenizer_dir), params_path="PENDING", train_tokens=counts["train_tokens"],
+                       val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+        params = convert_base(hf_dir, work)
+        flags = [f"--load_checkpoint=params::{params}" if f.startswith("--load_checkpoint=") else f for f in flags]
+    except (SpecError, ModelError, ModelConfigError, FlagError, tpu_data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    _say(f"{tpu_type}: {run_plan['devices']} devices on {run_plan['hosts']} host(s), global batch "
+         f"{run_plan['batch_size']} x {run_plan['seq_length']} tokens x {run_plan['accumulate']} accumulation, "
+         f"{counts['train_tokens']} training tokens -> {run_plan['updates']} updates ({run_plan['total_steps']} EasyLM steps)")
+    (work / "flags.txt").write_text("\n".join(flags) + "\n")
+
+    env = dict(os.environ)
+    easylm_dir = env.get("EASYLM_DIR")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), easylm_dir, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"  # EasyLM prints its metrics as they come, so we (and tests) see them live
+    env.setdefault("WANDB_RESUME", "allow")  # the W&B run id is the job name: a resumed run continues it
+    if tpu_type.startswith("cpu"):
+        env["JAX_PLATFORMS"] = "cpu"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={run_plan['devices']}".strip()
+    python = env.get("EASYLM_PYTHON") or sys.executable
+    keep = spec.train.save_total_limit or 0
+    cmd = [python, "-m", "trainers.tpu.easylm_main", f"--launcher.keep={keep}", *flags]
+    _say("running EasyLM: " + " ".join(cmd[:3]) + f" ... ({len(flags)} flags in {work / 'flags.txt'})")
+    log_history: list[dict] = []
+    code = run_easylm(cmd, env, log_history)
+    _append_history(work / "log_history.jsonl", log_history)
+    if code == EXIT_PREEMPTED:
+        _say("stopped after saving the train state; run the same command again to resume")
+        return EXIT_PREEMPTED
+    if code != 0:
+        print(f"error: EasyLM exited with code {code} (its output is above)", file=sys.stderr)
+        return EXIT_FAILED
+    if rank != 0:
+        return 0
+    return finish(spec, hf_dir, out, f"{easylm_out.rstrip('/')}/{spec.name}", run_plan, work)
+
+
+def _append_history(path: Path, entries: list[dict]) -> None:
+    with open(path, "a") as f:
+        for e in entries:
+            f.write(json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in e.items()}) + "\n")
+
+
+def finish(spec, hf_dir: Path, out: Path, run_dir: str, run_plan: dict, work: Path) -> int:
+    """Final train state -> OUT/final (HF), manifest last, then the upload."""
+    from launcher.manifest import write_manifest
+    from trainers.tpu.convert import easylm_to_hf
+    from trainers.tpu.easylm_main import newest_checkpoint
+
+    ckpt = newest_checkpoint(run_dir)
+    if ckpt is None or ckpt["step"] < run_plan["total_steps"]:
+        got = "none" if ckpt is None else f"step {ckpt['step']}"
+        print(f"error: {run_dir}: no complete train state at step {run_plan['total_steps']} (found {got})", file=sys.stderr)
+        return EXIT_FAILED
+    final = out / "final"
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        state = ckpt["train_state"]
+        if "://" in state:  # a gs:// train state: the converter reads local files
+            from fsspec.core import url_to_fs
+
+            fs, path = url_to_fs(state)
+            local = Path(tmp) / "train_state"
+            fs.get(path, str(local))
+            state = str(local)
+        t0 = time.time()
+        easylm_to_hf(state, hf_dir, final)
+    # A step logged twice (a crash after it, a resume before it) keeps its latest value.
+    by_step = {}
+    for line in (work / "log_history.jsonl").read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            by_step[entry["step"]] = entry
+    history = [by_step[k] for k in sorted(by_step)]
+    (final / "trainer_state.json").write_text(json.dumps(
+        {"global_step": run_plan["updates"], "easylm_steps": ckpt["step"], "plan": run_plan, "log_history": history}, indent=1))
+    write_manifest(final, extra={"step": run_plan["updates"], "trainer": "tpu"})
+    _say(f"final model in {final} ({time.time() - t0:.0f}s to convert)")
+    if spec.outputs.bucket:
+        from launcher.storage import join, upload_tree
+
+        url = join(spec.outputs.bucket, spec.name, "final")
+        try:
+            upload_tree(final, url)
+        except Exception as e:  # the model is safe in OUT/final; say why the copy failed, in one line
+            print(f"error: outputs.bucket: uploading {final} to {url} failed: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        _say(f"uploaded to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
