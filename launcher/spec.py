@@ -72,6 +72,10 @@ class TrainConfig(_Section):
     do_eval: bool = Field(True, description="Evaluate on the validation split.")
     ddp_find_unused_parameters: bool = Field(False, description="Passed to DDP; false is right for LoRA and full fine-tunes.")
     sample_prompts: int = Field(3, ge=0, description="Validation prompts to generate from at the end.")
+    sample_max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample prompt.")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="Attention kernel; auto = flash-attention when installed on a CUDA GPU, else SDPA.")
+    fsdp: bool = Field(False, description="Shard a full fine-tune across the GPUs with FSDP (a model too big for one GPU).")
 
 
 class ResourcesConfig(_Section):
@@ -97,6 +101,8 @@ class ImageConfig(_Section):
     name: str = Field("llm-launcher", description="Image name.")
     tag: str | None = Field(None, description="Fixed tag; default is a content hash of what goes into the image.")
     base: str | None = Field(None, description="Base image override (build argument).")
+    wheelhouse: str | None = Field(
+        None, description="Folder or URL of wheels to build from offline (no PyPI); default: PyPI.")
 
 
 class OutputsConfig(_Section):
