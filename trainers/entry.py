@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if spec.resources.is_tpu:
         train = [sys.executable, "-m", "trainers.tpu.train", str(resolved), "--data", str(data), "--out", str(out)]
-    else:
-        from trainers.gpu.launch import command
+        return _run("training", train, env)
+    from trainers.gpu.launch import command, exit_code
 
-        train = command(spec, data, out, env)
-    return _run("training", train, env)
+    # Under `accelerate launch` a worker stopped by SIGTERM surfaces as exit 1; exit_code restores 75.
+    return exit_code(_run("training", command(spec, data, out, env), env), out)
 
 
 if __name__ == "__main__":

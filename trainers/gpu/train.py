@@ -1,0 +1,379 @@
+"""The GPU trainer: full fine-tune, LoRA or QLoRA of a causal LM with the Hugging Face Trainer.
+
+    python -m trainers.gpu.train JOB.yaml --data DATA_DIR --out OUT [--set a.b=value ...]
+
+It reads the job spec and the packed Arrow data that data prep wrote, fine-tunes, and writes
+OUT/checkpoints/checkpoint-N (each with a manifest, written last) and OUT/final. It resumes by
+itself from the newest complete checkpoint in OUT, so after a preemption the same command simply
+continues. The same file runs on one GPU, on the CPU (`--cloud local`), and under
+`accelerate launch` for several GPUs or nodes (see launch.py).
+
+Exit codes: 0 done, 1 failed, 2 bad input (job file, data, model, a method the machine cannot
+run), 75 stopped by SIGTERM after saving a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import traceback
+import uuid
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 75
+
+
+class InputError(Exception):
+    """Something wrong with what the user gave us; str() is the one line to print."""
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m trainers.gpu.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("job", help="the job file (job.yaml)")
+    ap.add_argument("--data", required=True, help="the prepared data folder (with train/ and val/)")
+    ap.add_argument("--out", required=True, help="the run folder: checkpoints/ and final/ go here")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field of the job file, e.g. --set train.max_steps=100")
+    return ap.parse_args(argv)
+
+
+# -- what the machine can do -----------------------------------------------------------------
+
+def resolve_precision(choice: str, cuda: bool, bf16_ok: bool) -> str:
+    """bf16, fp16 or fp32 for `train.precision` on this machine."""
+    if choice == "auto":
+        return ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
+    if choice == "fp16" and not cuda:
+        raise InputError("train.precision: fp16 needs a CUDA GPU; use fp32 (or bf16) on the CPU")
+    if choice == "bf16" and cuda and not bf16_ok:
+        raise InputError("train.precision: this GPU has no bf16; use fp16 or auto")
+    return choice
+
+
+def resolve_attention(choice: str, cuda: bool) -> str:
+    """The attention kernel: flash-attention when installed on a CUDA GPU, else PyTorch SDPA."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if choice == "auto":
+        return "flash_attention_2" if cuda and has_flash else "sdpa"
+    if choice == "flash_attention_2" and not (cuda and has_flash):
+        raise InputError("train.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto")
+    return choice
+
+
+def check_method(spec, cuda: bool) -> None:
+    """Refuse what cannot run here before anything heavy is loaded."""
+    if spec.method == "qlora":
+        if not cuda:
+            raise InputError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; "
+                             "use method: lora (or run on a GPU cloud)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InputError("method: qlora needs the bitsandbytes package (pip install bitsandbytes)")
+    report = spec.train.report_to
+    if report != "none" and not any(importlib.util.find_spec(m) for m in {"wandb": ["wandb"],
+                                    "tensorboard": ["tensorboard", "tensorboardX"]}[report]):
+        raise InputError(f"train.report_to: {report} needs the {report} package (pip install {report})")
+    if spec.train.fsdp and spec.method != "full":
+        raise InputError(f"train.fsdp: FSDP is for method: full; {spec.method} trains a small adapter, "
+                         "which DDP across GPUs already handles")
+
+
+# -- the spec as TrainingArguments -------------------------------------------------------------
+
+def training_kwargs(spec, out: Path, *, precision: str, evaluate: bool, num_nodes: int = 1,
+                    cuda: bool | None = None) -> dict:
+    """Keyword arguments for TrainingArguments: every flag of the guide's run, under today's names."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    t = spec.train
+    optim = t.optim
+    if spec.method == "qlora" and "optim" not in t.model_fields_set:
+        optim = "paged_adamw_32bit"  # QLoRA's paged optimizer: spills optimizer state to CPU on memory spikes
+    kw = dict(
+        output_dir=str(out / "checkpoints"),
+        run_name=spec.name,
+        do_train=True,
+        do_eval=evaluate,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=t.eval_steps,
+        prediction_loss_only=True,  # the loss is all we report; keeping logits would cost vocab x tokens of memory
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        # Rotation happens in callbacks.CompleteCheckpoints, after the new checkpoint's manifest is
+        # written; the Trainer's own would delete old checkpoints before that (t.save_total_limit).
+        save_total_limit=None,
+        save_on_each_node=num_nodes > 1,  # without a shared disk every node resumes from its own copy
+        seed=t.seed,
+        data_seed=t.seed if t.data_seed is None else t.data_seed,
+        optim=optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=t.logging_first_step,
+        dataloader_num_workers=t.dataloader_num_workers,
+        # the guide's gradient checkpointing, under its current name
+        activation_checkpointing=t.gradient_checkpointing and not t.fsdp,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        report_to=[] if t.report_to == "none" else [t.report_to],
+        ddp_find_unused_parameters=t.ddp_find_unused_parameters,
+        remove_unused_columns=False,  # position_ids are the packing boundaries: keep them
+        # With a KV cache transformers ignores the position_ids restarts and packed examples would
+        # attend to each other; training never needs the cache.
+        use_cache=False,
+        use_cpu=not cuda,  # lets bf16 run on a CPU that has it
+    )
+    if t.fsdp:
+        kw["fsdp"] = True
+        kw["fsdp_config"] = {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+                             "activation_checkpointing": t.gradient_checkpointing}
+    return kw
+
+
+def build_training_args(spec, out: Path, **kw):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**training_kwargs(spec, out, **kw))
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+def load_model(spec, model_path: str, precision: str, attn: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    kw: dict = {"attn_implementation": attn}
+    if spec.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=half or torch.bfloat16)
+        kw["dtype"] = half or torch.bfloat16
+        kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    elif spec.method == "lora" and half is not None:
+        kw["dtype"] = half  # the frozen base can live in half precision; peft keeps the adapter in fp32
+    else:
+        kw["dtype"] = torch.float32  # full fine-tune: fp32 master weights, autocast does the rest
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kw)
+    model.config.use_cache = False  # the cache only helps generation, and conflicts with checkpointing
+
+    if spec.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if spec.method == "qlora":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=spec.train.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        lc = spec.lora
+        model = get_peft_model(model, LoraConfig(
+            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+            bias="none", task_type="CAUSAL_LM"))
+    return model
+
+
+# -- W&B ------------------------------------------------------------------------------------------
+
+def setup_wandb(spec, out: Path, resume_from: Path | None) -> str | None:
+    """Point the Trainer's W&B callback at one run per job, continued across restarts.
+
+    The run id lives in OUT/wandb_run_id and in every checkpoint, so a run resumed on another
+    machine from a synced checkpoint continues the same W&B run. Without WANDB_API_KEY the run is
+    written offline under OUT/wandb (upload it later with `wandb sync`).
+    """
+    if spec.train.report_to != "wandb":
+        return None
+    id_file = out / "wandb_run_id"
+    run_id = None
+    for f in (id_file, resume_from / "wandb_run_id" if resume_from else None):
+        if f is not None and f.is_file() and f.read_text().strip():
+            run_id = f.read_text().strip()
+            break
+    if run_id is None:
+        run_id = uuid.uuid4().hex[:12]  # any short [a-z0-9] string is a valid W&B run id
+    id_file.write_text(run_id)
+    os.environ["WANDB_RUN_ID"] = run_id
+    os.environ["WANDB_RESUME"] = "allow"
+    os.environ.setdefault("WANDB_PROJECT", spec.train.wandb_project or spec.name)
+    os.environ.setdefault("WANDB_DIR", str(out))
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") in (None, "", "online"):
+        os.environ["WANDB_MODE"] = "offline"
+        print("W&B: no WANDB_API_KEY, writing the run offline under OUT/wandb (upload later with `wandb sync`)", flush=True)
+    return run_id
+
+
+def bucket_uploader(spec, what: str):
+    """upload(local_dir, name) into BUCKET/JOB/<what>/name, or None without a bucket."""
+    if not spec.outputs.bucket:
+        return None
+
+    def upload(folder: Path, name: str = "") -> None:
+        from launcher import storage
+
+        url = storage.join(spec.outputs.bucket, spec.name, what, name)
+        storage.upload_tree(folder, url)
+        print(f"uploaded {folder.name} to {url}", flush=True)
+
+    return upload
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def agree_on_checkpoint(ckpt_dir: Path, args) -> Path | None:
+    """The newest complete checkpoint, the same one on every rank (the oldest of their choices)."""
+    import torch
+
+    from launcher.manifest import latest_complete
+
+    found = latest_complete(ckpt_dir)
+    step = int(found.name.split("-")[-1]) if found else -1
+    if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([step], device=args.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        step = int(t.item())
+    return ckpt_dir / f"checkpoint-{step}" if step >= 0 else None
+
+
+def train(spec, data_dir: Path, out: Path, stop) -> int:
+    import torch
+    from transformers import AutoTokenizer, Trainer, set_seed
+
+    from launcher.manifest import is_complete
+    from launcher.models import ModelError, resolve_model
+    from trainers.gpu.callbacks import CompleteCheckpoints, PrintProgress
+    from trainers.gpu.data import DataError, PackedCollator, load_split
+    from trainers.gpu.final import write_final
+
+    cuda = torch.cuda.is_available()
+    check_method(spec, cuda)
+    if is_complete(out / "final"):
+        print(f"{out / 'final'} is complete already; nothing to do (delete it to train again)", flush=True)
+        return EXIT_OK
+    precision = resolve_precision(spec.train.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    attn = resolve_attention(spec.train.attn_implementation, cuda)
+    try:
+        train_ds = load_split(data_dir, "train")
+        val_ds = load_split(data_dir, "val", required=False) if spec.train.do_eval else None
+    except DataError as e:
+        raise InputError(str(e)) from None
+    try:
+        model_path = resolve_model(spec.model)
+    except ModelError as e:
+        raise InputError(str(e)) from None
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stopped.json").unlink(missing_ok=True)
+    num_nodes = int(os.environ.get("SKYPILOT_NUM_NODES", "1") or 1)
+    args = build_training_args(spec, out, precision=precision, evaluate=val_ds is not None, num_nodes=num_nodes)
+    ckpt_dir = Path(args.output_dir)
+    resume = agree_on_checkpoint(ckpt_dir, args)
+    run_id = setup_wandb(spec, out, resume) if args.should_save else None
+    set_seed(args.seed)  # LoRA's initial weights come from this
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or model_path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    try:
+        model = load_model(spec, model_path, precision, attn)
+    except (OSError, ValueError) as e:
+        raise InputError(f"model {spec.model}: cannot load it ({str(e).splitlines()[0]})") from None
+    if args.should_save:
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in model.parameters())
+        print(f"{spec.method}: training {n_train:,} of {n_all:,} parameters; {precision}, {attn} attention, "
+              f"{len(train_ds)} train rows, {len(val_ds) if val_ds is not None else 0} val rows", flush=True)
+
+    checkpoint_cb = CompleteCheckpoints(
+        keep=spec.train.save_total_limit, extra_files={"wandb_run_id": run_id} if run_id else {},
+        upload=_warn_on_failure(bucket_uploader(spec, "checkpoints")))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=PackedCollator(pad_id, flatten=attn == "flash_attention_2"),
+        processing_class=tokenizer, callbacks=[stop, checkpoint_cb, PrintProgress()])
+    if resume is not None and args.should_save:
+        print(f"resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    if stop.stopped_at is not None:
+        if args.should_save:
+            saved = ckpt_dir / f"checkpoint-{stop.stopped_at}"
+            (out / "stopped.json").write_text(json.dumps({"step": stop.stopped_at, "checkpoint": str(saved)}))
+            print(f"stopped at step {stop.stopped_at}; checkpoint saved in {saved}; run the same command again to resume",
+                  flush=True)
+        return EXIT_STOPPED
+    step = trainer.state.global_step
+    if val_ds is not None and not any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history):
+        trainer.evaluate()  # the final eval loss goes into the history and the loss curve
+    write_final(trainer, spec, tokenizer, out, model_path, precision, val_ds if val_ds is not None else train_ds,
+                upload=bucket_uploader(spec, "final"))
+    return EXIT_OK
+
+
+def _warn_on_failure(upload):
+    """A failed checkpoint upload must not kill hours of training: the checkpoint is still on disk."""
+    if upload is None:
+        return None
+
+    def safe(folder, name):
+        try:
+            upload(folder, name)
+        except Exception as e:
+            print(f"warning: upload of {folder.name} failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                  "training goes on, the checkpoint is kept locally", file=sys.stderr, flush=True)
+
+    return safe
+
+
+def main(argv=None) -> int:
+    ns = parse_args(argv)
+    from launcher.spec import SpecError, load_spec, parse_set
+    from trainers.gpu.callbacks import StopOnSignal
+
+    stop = StopOnSignal()
+    stop.install()  # before the slow imports and loads: a SIGTERM then still ends in a checkpoint
+    try:
+        spec = load_spec(ns.job, parse_set(ns.set))
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = Path(ns.out)
+    try:
+        return train(spec, Path(ns.data), out, stop)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            t = spec.train
+            print(f"error: out of GPU memory: lower train.per_device_train_batch_size (now {t.per_device_train_batch_size}) "
+                  "and raise train.gradient_accumulation_steps, set train.gradient_checkpointing: true, "
+                  "or use method: qlora", file=sys.stderr)
+            return EXIT_FAILED
+        log = out / "logs" / "train-error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: training failed: {type(e).__name__}: {first} (traceback in {log})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
