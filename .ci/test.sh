@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # Runs the whole suite in its two environments (see the Makefile) and prints one total line.
-# Services (Docker engine, local registry, Slurm, sshd, S3 server) are started by the tests'
-# own fixtures on 127.0.0.1 and stopped after.
+# Services (Docker engine, local registry, Slurm, sshd, S3 and GCS servers) are started by the
+# tests' own fixtures on 127.0.0.1 and stopped after. tests/cloud changes HOME and SkyPilot's
+# runtime folder for its whole process, so each cloud-side folder gets its own pytest process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .cache/reports
+reports=.cache/reports
+rm -rf "$reports"; mkdir -p "$reports"
 rc=0
-.venv/bin/python -m pytest -q tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu \
-  --junitxml=.cache/reports/train.xml || rc=$?
-.venv-cloud/bin/python -m pytest -q tests/cloud tests/sync tests/images \
-  --junitxml=.cache/reports/cloud.xml || rc=$?
-.venv/bin/python - <<'PY'
+run() { # run NAME PYTHON PATHS...
+  local name=$1 py=$2; shift 2
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$py" -m pytest -q -p no:cacheprovider --junitxml="$reports/$name.xml" "$@" || rc=1
+  echo "=== $name took $((SECONDS - t0))s"
+}
+run train .venv/bin/python tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu
+run sync .venv-cloud/bin/python tests/sync
+run cloud .venv-cloud/bin/python tests/cloud
+run images .venv-cloud/bin/python tests/images
+.venv/bin/python - "$reports" <<'PY'
+import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 t = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-for f in (".cache/reports/train.xml", ".cache/reports/cloud.xml"):
-    try:
-        for s in ET.parse(f).getroot().iter("testsuite"):
-            for k in t:
-                t[k] += int(s.get(k, 0))
-    except (OSError, ET.ParseError):
-        t["errors"] += 1
+for f in sorted(Path(sys.argv[1]).glob("*.xml")):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        for k in t:
+            t[k] += int(s.get(k, 0))
 failed = t["failures"] + t["errors"]
 print(f"total: {t['tests'] - failed - t['skipped']} passed, {failed} failed, {t['skipped']} skipped")
 PY
