@@ -6,7 +6,7 @@ VENV := .venv
 CLOUD := .venv-cloud
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: demo test test-train test-cloud venv cloud-venv bench clean
+.PHONY: demo test test-train test-cloud venv cloud-venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -42,9 +42,6 @@ test-train: venv
 
 test-cloud: cloud-venv
 	$(CLOUD)/bin/python -m pytest tests/cloud tests/sync tests/images
-
-bench: venv
-	$(VENV)/bin/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) $(CLOUD) .cache runs
