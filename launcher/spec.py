@@ -70,6 +70,7 @@ class TrainConfig(_Section):
     report_to: Literal["none", "wandb", "tensorboard"] = Field("none", description="Where metrics go.")
     wandb_project: str | None = Field(None, description="W&B project (default: the job name).")
     do_eval: bool = Field(True, description="Evaluate on the validation split.")
+    eval_on_start: bool = Field(True, description="Also evaluate before the first step, so the loss before training is known.")
     ddp_find_unused_parameters: bool = Field(False, description="Passed to DDP; false is right for LoRA and full fine-tunes.")
     sample_prompts: int = Field(3, ge=0, description="Validation prompts to generate from at the end.")
     sample_max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample prompt.")

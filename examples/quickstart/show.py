@@ -59,9 +59,9 @@ def main(run_dir: str, n: int = 4) -> None:
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     console.print(f"train loss: {train[0][1]:.3f} (step {train[0][0]}) -> {train[-1][1]:.3f} (step {train[-1][0]})")
     console.print("eval loss:  " + " -> ".join(f"{loss:.3f} (step {step})" for step, loss in evals))
-    if len(evals) >= 2:
+    if len(evals) >= 2 and evals[0][0] == 0:  # train.eval_on_start: the loss before any training
         verdict = "lower" if evals[-1][1] < evals[0][1] else "NOT lower"
-        console.print(f"eval loss after training is {verdict} than before ({evals[0][1]:.3f} -> {evals[-1][1]:.3f})")
+        console.print(f"eval loss after training is {verdict} than before it ({evals[0][1]:.3f} -> {evals[-1][1]:.3f})")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_spec_flags_reach_training_arguments(tmp_path):
     assert args.learning_rate == 3e-5 and args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 11
     assert args.num_train_epochs == 2 and args.max_steps == -1
     assert args.bf16 and not args.fp16
-    assert args.eval_strategy.value == "steps" and args.eval_steps == 13 and args.do_eval
+    assert args.eval_strategy.value == "steps" and args.eval_steps == 13 and args.do_eval and args.eval_on_start
     assert args.save_strategy.value == "steps" and args.save_steps == 17
     assert args.save_total_limit is None  # rotation is ours, after the manifest; the limit travels in the spec
     assert (args.seed, args.data_seed) == (5, 6)
@@ -60,7 +60,8 @@ def test_spec_flags_reach_training_arguments(tmp_path):
     spec = load_spec(None, [("method", "qlora"), ("train.max_steps", 9), ("train.data_seed", None)], data={})
     args = build_training_args(spec, tmp_path / "out", precision="fp32", evaluate=False)
     assert args.optim.value == "paged_adamw_32bit"  # QLoRA's paged optimizer unless optim is set explicitly
-    assert args.max_steps == 9 and args.eval_strategy.value == "no" and not args.bf16 and not args.fp16
+    assert args.max_steps == 9 and args.eval_strategy.value == "no" and not args.eval_on_start
+    assert not args.bf16 and not args.fp16
     assert args.data_seed == args.seed and args.report_to == []
 
 

@@ -109,6 +109,7 @@ def training_kwargs(spec, out: Path, *, precision: str, evaluate: bool, num_node
         fp16=precision == "fp16",
         eval_strategy="steps" if evaluate else "no",
         eval_steps=t.eval_steps,
+        eval_on_start=evaluate and t.eval_on_start,
         prediction_loss_only=True,  # the loss is all we report; keeping logits would cost vocab x tokens of memory
         save_strategy="steps",
         save_steps=t.save_steps,
