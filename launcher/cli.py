@@ -286,7 +286,8 @@ def logs(job_id, follow):
     from launcher.backends.base import get_backend
 
     job = _job_or_fail(job_id)
-    sys.exit(get_backend(job.cloud).logs(job, follow=follow) if follow else (get_backend(job.cloud).logs(job) and 0))
+    code = get_backend(job.cloud).logs(job, follow=follow)
+    sys.exit(code if follow else 0)  # only a followed job's end has an exit code worth passing on
 
 
 @main.command()
