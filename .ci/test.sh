@@ -8,9 +8,12 @@ cd "$(dirname "$0")/.."
 reports=.cache/reports
 rm -rf "$reports"; mkdir -p "$reports"
 rc=0
+free_gb() { df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4 / 1048576)}'; }
+# The suite writes images, a registry, SkyPilot runtimes and checkpoints (about 10 GB at its peak);
+# a full disk shows up as odd failures deep inside a tool, so say how much there was.
 run() { # run NAME PYTHON PATHS...
   local name=$1 py=$2; shift 2
-  echo "=== $name: $*"
+  echo "=== $name: $* ($(free_gb) GB free in ${TMPDIR:-/tmp})"
   local t0=$SECONDS
   "$py" -m pytest -q -p no:cacheprovider --junitxml="$reports/$name.xml" "$@" || rc=1
   echo "=== $name took $((SECONDS - t0))s"

@@ -45,6 +45,13 @@ def _one_line(err: BaseException) -> str:
     if not lines:
         return type(err).__name__
     keep = [lines[0]]
+    if "===== stdout =====" in text:
+        # A failed setup command: its own output follows, and its last "error:"/"cause:" line is
+        # the root (a full disk, a package that would not install), not SkyPilot's first line.
+        causes = [l for l in lines if re.match(r"(error|cause):\s", l, re.I)]
+        if causes:
+            keep[0] = keep[0].split("===== stdout", 1)[0].strip()
+            keep.append(causes[-1])
     for l in lines[1:]:
         if l.startswith(("Try one of these", "Did you mean")) or " not supported " in l or "not enabled" in l:
             # the feature table rows read "spot_instance  Spot instances are not supported in Lambda."

@@ -179,3 +179,22 @@ def test_launcher_help_does_not_import_sky():
            "print('sky' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "False", p.stderr
+
+
+def test_failed_setup_reports_its_root_cause():
+    # The shape SkyPilot raises when a node's setup command fails (seen in CI with a full disk): the
+    # first line says only that setup failed, the cause is the last "cause:" line of its stdout.
+    from launcher.sky_api import _one_line
+
+    err = RuntimeError(
+        "Failed to run setup commands on an instance. (exit code 1). Error: ===== stdout =====\n"
+        "Using Python 3.11.2 environment at: /tmp/c/skypilot-runtime\n"
+        "Resolved 99 packages in 845ms\n"
+        "error: Failed to read `skypilot @ file:///home/u/skypilot-0.14.1-py3-none-any.whl`\n"
+        "  cause: I/O operation failed during extraction\n"
+        "  cause: failed to write to file `/tmp/uv/controller.py`: No space left on device (os error 28)\n"
+        "srun: error: vm: task 0: Exited with exit code 1\n\n===== stderr =====\n")
+    line = _one_line(err)
+    assert "\n" not in line
+    assert line.startswith("Failed to run setup commands on an instance.")
+    assert line.endswith("No space left on device (os error 28)")

@@ -27,10 +27,18 @@ def _python310() -> str:
 
 
 def test_tpu_pins_resolve_together_with_pip(tmp_path):
+    # A current pip in a throwaway venv: it resolves from the index's metadata files (PEP 658/714).
+    # Python 3.10's own pip (23.0) downloads every wheel to read its metadata instead, torch's CUDA
+    # build among them: 750 MB per run, which once filled a CI machine's disk.
+    venv = tmp_path / "venv"
+    subprocess.run([_python310(), "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin/python"), "-m", "pip"]
+    subprocess.run([*pip, "install", "--quiet", "--upgrade", "pip"], check=True, capture_output=True, timeout=300)
     report = tmp_path / "report.json"
-    # --isolated: PyPI itself, not this machine's pip configuration or local mirrors.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    proc = subprocess.run([_python310(), "-m", "pip", "install", "--dry-run", "--quiet", "--isolated", "--ignore-installed",
+    # --isolated: PyPI itself, not this machine's pip configuration or local mirrors. TMPDIR: whatever
+    # pip does unpack goes away with the test's own folder.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"TMPDIR": str(tmp_path)}
+    proc = subprocess.run([*pip, "install", "--dry-run", "--quiet", "--isolated", "--ignore-installed",
                            "--report", str(report), "-r", str(REPO / "images/tpu/requirements.txt")],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
