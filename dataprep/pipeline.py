@@ -2,7 +2,8 @@
 tokenize+pack -> report, as the guide describes it, with every dropped row accounted for.
 
 `prepare(spec, out_dir, base_dir)` is what `launcher prep` and `python -m dataprep` call. Records
-stream through the stages one at a time (except the optional clustering, which needs them all);
+stream through the stages one at a time (except the optional clustering, which needs them all;
+deduplication keeps its index on disk);
 the formatted splits are written as JSONL first, then tokenized in chunks into Arrow.
 
 Cache: a fingerprint of the data section, the tokenizer (vocabulary, template, special tokens),
@@ -105,8 +106,16 @@ def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokeniz
 
 
 def _run(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict) -> dict:
+    dedup = Deduper(cfg.dedup, out_dir)
+    try:
+        return _stages(cfg, tok, out_dir, base_dir, rejects, counts, dedup)
+    finally:
+        dedup.close()
+
+
+def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict,
+            dedup: Deduper) -> dict:
     bp = Boilerplate(cfg.clean)
-    dedup = Deduper(cfg.dedup)
     fmt = Formatter(cfg, tok)
     val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
 
