@@ -11,8 +11,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from launcher.errors import LauncherError
 
-class DataError(Exception):
+
+class DataError(LauncherError):
     """Bad input data; str() is one line naming the file and line."""
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher.errors import LauncherError
 from launcher.spec import JobSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ ECR_HOST = re.compile(r"^(\d+)\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
 GAR_HOST = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$")
 
 
-class BuildError(Exception):
+class BuildError(LauncherError):
     """A build or push problem the user can act on; one line."""
 
 

@@ -32,27 +32,15 @@ def _fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from launcher.backends.base import BackendError
-        from launcher.models import ModelError
-        from launcher.spec import SpecError
+        from launcher.errors import LauncherError
 
-        known: tuple[type[Exception], ...] = (SpecError, BackendError, ModelError)
-        try:
-            from dataprep.errors import DataError
-            known += (DataError,)
-        except ImportError:
-            pass
         try:
             return fn(*args, **kwargs)
-        except known as e:
+        except LauncherError as e:  # every module's own, dataprep's DataError included
             raise UserError(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except Exception as e:  # a build or cloud error class we do not import here
-            if type(e).__name__ in ("BuildError", "SyncError", "StorageError", "CloudError"):
-                raise UserError(str(e)) from None
-            raise
 
     return wrapper
 

@@ -19,8 +19,10 @@ import os
 import shutil
 from pathlib import Path
 
+from launcher.errors import LauncherError
 
-class ModelError(Exception):
+
+class ModelError(LauncherError):
     pass
 
 

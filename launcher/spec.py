@@ -18,11 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dataprep.config import DataConfig
+from launcher.errors import LauncherError
 
 CLOUDS = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
 
 
-class SpecError(Exception):
+class SpecError(LauncherError):
     """A job file that cannot be used; str() is one line per problem, ready to print."""
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
+from launcher.errors import LauncherError
+
 MANIFEST = "manifest.json"  # the same name as launcher.manifest.MANIFEST, without importing it
 CHUNK = 1 << 20
 
 
-class StorageError(Exception):
+class StorageError(LauncherError):
     """A bucket that cannot be used (no credentials, no such bucket, unreachable); one line."""
 
 

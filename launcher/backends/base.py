@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from launcher.errors import LauncherError
+
 if TYPE_CHECKING:
     from launcher.spec import JobSpec
     from launcher.state import Job
@@ -27,7 +29,7 @@ CAPABILITIES = {
 }
 
 
-class BackendError(Exception):
+class BackendError(LauncherError):
     """A problem the user can act on; the CLI prints it as one line."""
 
 

@@ -169,11 +169,11 @@ def supervise(job_id: str) -> int:
     job = state.get(job_id)
     spec_env = {}
     try:
-        from launcher.spec import load_spec
+        from launcher.spec import SpecError, load_spec
 
         spec_env = load_spec(Path(job.output_dir) / "job.yaml").env
-    except Exception:
-        pass
+    except SpecError as e:  # the entry command reads it again and fails with the same line, exit 2
+        print(f"[launcher] job file: {e}", flush=True)
     base_dir = Path(job.extra.get("job_file", job.output_dir)).parent
     out = Path(job.output_dir)
     cmd = entry_command(out / "job.yaml", out, base_dir)
