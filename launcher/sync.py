@@ -148,21 +148,13 @@ def _once(once: Callable[[], SyncResult]) -> SyncResult:
 # -- bucket and local folder ---------------------------------------------------------------------
 
 def _sync_store(store: Store, to: Path, progress: bool) -> SyncResult:
-    listing = store.list()
-    units, skipped, problems = [], 0, []
-    for path in _unit_paths(listing):
+    def manifest(path: str) -> bytes | None:
         try:
-            raw = store.read_bytes(_join(path, MANIFEST))
+            return store.read_bytes(_join(path, MANIFEST))
         except FileNotFoundError:
-            continue  # rotated away between the listing and now
-        unit = _plan(path, raw, to)
-        if unit is None:
-            problems.append(f"{_join(store.url, path, MANIFEST)}: not a valid manifest")
-            continue
-        skipped += len(unit.files) - len(unit.todo)
-        units.append(unit)
+            return None  # rotated away between the listing and now
 
-    result = SyncResult(copied=[], skipped=skipped, checkpoints=[])
+    units, result, problems = _plan_all(store.list(), manifest, to, lambda p: _join(store.url, p, MANIFEST))
     total = sum(u.files[rel]["size"] for u in units for rel in u.todo)
     with _bar(progress and total > 0, total, store.url) as advance:
         for unit in units:
@@ -186,9 +178,7 @@ def _sync_store(store: Store, to: Path, progress: bool) -> SyncResult:
                     continue
                 result.copied.append(_join(unit.path, rel))
             if complete:
-                if not (local / MANIFEST).exists():  # it exists only if the checkpoint was complete here already
-                    _finish(unit, local)
-                result.checkpoints.append(unit.path)
+                _finish(unit, local, result)
     if problems:
         raise SyncError("; ".join(problems), result)
     return result
@@ -299,15 +289,8 @@ def _sync_rsync_once(remote: _Rsync, to: Path, progress: bool) -> SyncResult:
     if code not in (0, 23, 24):  # 23/24: something vanished while listing (a rotated checkpoint)
         raise _rsync_failed(remote, code, err)
     listing = {p.relative_to(manifests).as_posix(): 0 for p in manifests.rglob(MANIFEST)}
-    units, skipped, problems = [], 0, []
-    for path in _unit_paths(listing):
-        unit = _plan(path, (manifests / path / MANIFEST).read_bytes(), to)
-        if unit is None:
-            problems.append(f"{remote.source(_join(path, MANIFEST))}: not a valid manifest")
-            continue
-        skipped += len(unit.files) - len(unit.todo)
-        units.append(unit)
-    result = SyncResult(copied=[], skipped=skipped, checkpoints=[])
+    units, result, problems = _plan_all(listing, lambda path: _read(manifests / path / MANIFEST), to,
+                                        lambda p: remote.source(_join(p, MANIFEST)))
 
     # 2. Every missing file of every complete checkpoint, in one rsync, into the staging folder;
     #    --partial-dir keeps an interrupted file so that the next run continues it.
@@ -353,9 +336,7 @@ def _sync_rsync_once(remote: _Rsync, to: Path, progress: bool) -> SyncResult:
             os.replace(staged, local / rel)
             result.copied.append(key)
         if complete:
-            if not (local / MANIFEST).exists():  # it exists only if the checkpoint was complete here already
-                _finish(unit, local)
-            result.checkpoints.append(unit.path)
+            _finish(unit, local, result)
     if problems:
         raise SyncError("; ".join(problems), result)
     shutil.rmtree(staging, ignore_errors=True)
@@ -399,6 +380,23 @@ def _unit_paths(listing: dict[str, int]) -> list[str]:
     return sorted(paths, key=order)
 
 
+def _plan_all(listing: dict[str, int], manifest: Callable[[str], bytes | None], to: Path,
+              where: Callable[[str], str]) -> tuple[list[_Unit], SyncResult, list[str]]:
+    """Every complete checkpoint in a listing, and what of each is still to fetch."""
+    units, skipped, problems = [], 0, []
+    for path in _unit_paths(listing):
+        raw = manifest(path)
+        if raw is None:
+            continue
+        unit = _plan(path, raw, to)
+        if unit is None:
+            problems.append(f"{where(path)}: not a valid manifest")
+            continue
+        skipped += len(unit.files) - len(unit.todo)
+        units.append(unit)
+    return units, SyncResult(copied=[], skipped=skipped, checkpoints=[]), problems
+
+
 def _plan(path: str, raw: bytes, to: Path) -> _Unit | None:
     """What of a checkpoint is still to fetch; None when its manifest is unusable."""
     try:
@@ -426,12 +424,15 @@ def _matches(p: Path, meta: dict) -> bool:
         return False
 
 
-def _finish(unit: _Unit, local: Path) -> None:
+def _finish(unit: _Unit, local: Path, result: SyncResult) -> None:
     """Every file verified: write the manifest, last and atomically, which makes it complete.
 
     Files the manifest does not list (left from an earlier save of the same checkpoint, stale
     partial copies) go first, so the folder is exactly what the trainer saved.
     """
+    result.checkpoints.append(unit.path)
+    if (local / MANIFEST).exists():  # it exists only if the checkpoint was complete here already
+        return
     local.mkdir(parents=True, exist_ok=True)
     if unit.path:  # a folder of its own, never TO itself
         for p in sorted(local.rglob("*"), reverse=True):
