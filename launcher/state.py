@@ -55,7 +55,7 @@ class Job:
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, name TEXT, cloud TEXT, spec_yaml TEXT, output_dir TEXT, state TEXT,
   cluster TEXT, accelerators TEXT, created REAL, started REAL, ended REAL, exit_code INTEGER,

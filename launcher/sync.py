@@ -77,6 +77,19 @@ def sync_local(src_dir: str | Path, to: str | Path, *, watch: bool = False, done
     return _repeat(lambda: _sync_store(store, to, progress), watch, done, interval)
 
 
+def sync_run_folder(src: Path, to: Path) -> SyncResult:
+    """A local job's run folder: already here, so only list its complete checkpoints, or copy them
+    (verified) when `to` is another folder."""
+    from launcher import manifest
+
+    if to.resolve() == src.resolve():
+        done = [str(p) for p in manifest.checkpoints(src / "checkpoints") if manifest.read_manifest(p)]
+        if (src / "final" / MANIFEST).exists():
+            done.append(str(src / "final"))
+        return SyncResult(copied=[], skipped=0, checkpoints=done)
+    return sync_local(src, to)
+
+
 def sync_rsync(host: str, remote_dir: str, to: str | Path, *, ssh_config: str | Path | None = None,
                watch: bool = False, done: Callable[[], bool] | None = None, interval: float = 30.0,
                progress: bool = True) -> SyncResult:

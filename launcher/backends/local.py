@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from launcher import state
-from launcher.backends.base import Backend, BackendError, SyncResult
+from launcher.backends.base import Backend, BackendError
 
 EXIT_PREEMPTED = 75
 STOP_GRACE_S = 180  # a checkpoint save of a 7B model on a slow disk takes this long
@@ -129,17 +129,9 @@ class LocalBackend(Backend):
             time.sleep(0.5)
 
     def sync(self, job, to, *, watch=False):
-        from launcher import manifest
+        from launcher.sync import sync_run_folder
 
-        src = Path(job.output_dir)
-        if Path(to).resolve() == src.resolve():
-            done = [str(p) for p in manifest.checkpoints(src / "checkpoints") if manifest.read_manifest(p)]
-            if (src / "final" / manifest.MANIFEST).exists():
-                done.append(str(src / "final"))
-            return SyncResult(copied=[], skipped=0, checkpoints=done)
-        from launcher.sync import sync_local
-
-        return sync_local(src, Path(to))
+        return sync_run_folder(Path(job.output_dir), Path(to))
 
     def down(self, job):
         if job.extra.get("docker"):

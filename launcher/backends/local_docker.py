@@ -194,9 +194,9 @@ class LocalDockerBackend(Backend):
 
     def sync(self, job, to: Path, *, watch: bool = False) -> SyncResult:
         # The run folder is a bind mount: the files are already on this machine.
-        from launcher.backends.local import LocalBackend
+        from launcher.sync import sync_run_folder
 
-        return LocalBackend().sync(job, to, watch=watch)
+        return sync_run_folder(Path(job.output_dir), Path(to))
 
     def down(self, job):
         job = self.status(job)
