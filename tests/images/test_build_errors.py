@@ -58,3 +58,72 @@ def test_never_built_is_reported():
     assert recorded_image(spec, REPO) is None
     with pytest.raises(BuildError, match="launcher build JOB.yaml --push"):
         require_image(spec, REPO)
+
+
+@pytest.fixture
+def ecr(monkeypatch):
+    """Amazon ECR's API on loopback (moto in server mode), with throwaway credentials."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = str(Path(sys.executable).parent / "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    url = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import boto3
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches the credentials it found first
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_ecr_login_comes_from_boto3_and_creates_the_repository(ecr):
+    import base64
+
+    import boto3
+
+    from launcher.build import registry_auth
+
+    auth = registry_auth("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/llm")
+    client = boto3.client("ecr", region_name="eu-west-1")
+    token = base64.b64decode(client.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    assert f"{auth['username']}:{auth['password']}" == token and auth["username"] == "AWS"
+    repos = [r["repositoryName"] for r in client.describe_repositories()["repositories"]]
+    assert repos == ["team/llm"]  # ECR refuses a push into a repository that does not exist
+    assert registry_auth("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/llm") == auth  # exists now: fine
+
+
+def test_ecr_without_credentials_is_one_line(ecr, monkeypatch, tmp_path):
+    from launcher.build import registry_auth
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(BuildError, match=r"Amazon ECR \(us-east-2\): Unable to locate credentials") as e:
+        registry_auth("123456789012.dkr.ecr.us-east-2.amazonaws.com/llm")
+    assert "\n" not in str(e.value)
+
+
+def test_registry_login_from_skypilot_variables(monkeypatch):
+    from launcher.build import registry_auth
+
+    monkeypatch.setenv("SKYPILOT_DOCKER_USERNAME", "me")
+    monkeypatch.setenv("SKYPILOT_DOCKER_PASSWORD", "pw")
+    assert registry_auth("ghcr.io/me/llm") == {"username": "me", "password": "pw"}
+    monkeypatch.delenv("SKYPILOT_DOCKER_PASSWORD")
+    assert registry_auth("ghcr.io/me/llm") is None  # Docker's own login then
