@@ -6,7 +6,6 @@ inside the commands that need them.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -184,8 +183,11 @@ def build(job_file, push, sets):
 @click.option("--docker", is_flag=True, default=None, help="cloud local: run inside the GPU image on the local Docker engine.")
 @click.option("--dry-run", is_flag=True, help="Show what would run (secrets masked) and validate it; launch nothing.")
 @click.option("--detach", "-d", is_flag=True, help="Return once the job is submitted instead of following its logs.")
+@click.option("--no-watch", is_flag=True,
+              help="With --detach, on a cloud job without outputs.bucket: do not leave `launcher sync JOB --watch` "
+                   "running here (its checkpoints then go with the cluster at autodown unless you sync them).")
 @_fail_cleanly
-def submit(job_file, dry_run, detach, **flags):
+def submit(job_file, dry_run, detach, no_watch, **flags):
     """Run a job: prepare its data, then train, on this machine or a cloud machine.
 
     \b
@@ -217,11 +219,35 @@ def submit(job_file, dry_run, detach, **flags):
     click.echo(f"submitted {job.id} ({job.cloud}{', ' + job.cluster if job.cluster else ''}); output in {job.output_dir}")
     if detach:
         click.echo(f"follow with `launcher logs -f {job.id}`; stop with `launcher down {job.id}`")
+        if backend.checkpoints_only_on_machine(spec):
+            if no_watch:
+                click.echo(f"warning: no outputs.bucket: checkpoints stay on {job.cluster}, which goes down "
+                           f"{spec.resources.idle_minutes} idle minutes after the job; `launcher sync {job.id}` before that")
+            else:
+                log = _start_watcher(job)
+                click.echo(f"checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
+                           f"background (log: {log}), then takes the cluster down when the job ends")
         return
     code = backend.logs(job, follow=True)
     job = backend.status(state.get(job.id))
     click.echo(f"{job.id}: {job.state}")
     sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
+
+
+def _start_watcher(job) -> Path:
+    """`launcher sync JOB --watch` in its own session, so it outlives this command and the terminal."""
+    import subprocess
+
+    from launcher import state
+
+    log = state.home() / "watch" / f"{job.id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "sync", job.id, "--watch"], stdout=f,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    job = state.get(job.id)
+    state.update(job.id, extra=dict(job.extra, watcher_pid=proc.pid, watcher_log=str(log)))
+    return log
 
 
 def _duration(seconds: float) -> str:
@@ -281,7 +307,8 @@ def logs(job_id, follow):
 @main.command()
 @click.argument("job_id")
 @click.option("--to", type=click.Path(file_okay=False), help="Where checkpoints go (default: the job's output folder).")
-@click.option("--watch", is_flag=True, help="Keep syncing new checkpoints until the job ends, then a last sync.")
+@click.option("--watch", is_flag=True, help="Keep syncing new checkpoints until the job ends, then a last sync; "
+                                            "a cloud job's cluster then goes down.")
 @_fail_cleanly
 def sync(job_id, to, watch):
     """Bring a job's complete checkpoints to this machine, verified file by file.
@@ -293,7 +320,12 @@ def sync(job_id, to, watch):
 
     job = _job_or_fail(job_id)
     dest = Path(to) if to else Path(job.output_dir)
-    result = get_backend(job.cloud).sync(job, dest, watch=watch)
+    backend = get_backend(job.cloud)
+    result = backend.sync(job, dest, watch=watch)
+    if watch:  # the job has ended: its status records that, and a cloud job's cluster goes (after a last sync)
+        from launcher import state
+
+        backend.status(state.get(job.id))
     click.echo(f"{len(result.copied)} files copied, {result.skipped} already here; "
                f"complete checkpoints in {dest}: {', '.join(Path(c).name for c in result.checkpoints) or 'none yet'}")
 

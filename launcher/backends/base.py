@@ -78,6 +78,12 @@ class Backend:
     def sync(self, job: "Job", to: Path, *, watch: bool = False) -> SyncResult:
         raise NotImplementedError
 
+    def checkpoints_only_on_machine(self, spec: "JobSpec") -> bool:
+        """Whether the job's checkpoints live only on a machine that goes away by itself when idle
+        (autodown). A detached submit then leaves `launcher sync JOB --watch` running here, so that
+        they come home before the machine goes."""
+        return False
+
     def down(self, job: "Job") -> "Job":
         """Stop the job cleanly (the trainer saves first) and release what it holds."""
         raise NotImplementedError

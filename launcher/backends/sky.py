@@ -136,9 +136,24 @@ class SkyBackend(Backend):
         if not spec.resources.accelerators and self.name not in ("slurm",):
             raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. --gpus A100:1")
 
+    def check_travels(self, spec: "JobSpec", job_file: Path) -> None:
+        """Local data and model paths must lie in the job file's folder: that folder (the task's
+        workdir) is all that is uploaded, and a path outside it would fail only on the paid machine."""
+        base = job_file.resolve().parent
+        named = [(f"data.sources[{i}].path", s.path) for i, s in enumerate(spec.data.sources) if s.path]
+        named += [(f, v) for f, v in (("model", spec.model), ("tokenizer", spec.tokenizer))
+                  if v and not v.startswith("package:") and (v.startswith((".", "/", "~")) or (base / v).exists())]
+        for field, value in named:
+            fixed = value.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]  # a glob's folder part
+            path = (base / Path(fixed).expanduser()).resolve()
+            if path != base and base not in path.parents:
+                raise BackendError(f"{field}: {value} is outside {base}, the job file's folder, which is all that "
+                                   f"travels to the {self.name} machine; move it into that folder")
+
     def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None) -> tuple[dict, dict]:
         from launcher import sky_api
 
+        self.check_travels(spec, job_file)
         task = self.render(spec, job_file, secrets=secrets, image=image)
         try:
             plan = sky_api.validate(task, optimize=self.optimize_offline)
@@ -227,21 +242,22 @@ class SkyBackend(Backend):
         """Refresh from SkyPilot; a job seen ending is synced home and its cluster taken down."""
         from launcher import sky_api, state
 
-        if job.done:
-            return job
-        try:
-            new = self._sky_state(job)
-        except sky_api.SkyError as e:
-            raise BackendError(str(e)) from None
-        if new is None:
-            # The cluster is gone (autodown, or torn down outside the launcher) before we saw the end.
-            return state.update(job.id, state="STOPPED", ended=job.ended or time.time())
-        changes: dict = {"state": new}
-        if new == "RUNNING" and not job.extra.get("running_since"):
-            changes["extra"] = dict(job.extra, running_since=time.time())
-        if new in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            changes.update(ended=time.time(), exit_code=0 if new == "SUCCEEDED" else 1)
-        job = state.update(job.id, **changes)
+        if not job.done:
+            try:
+                new = self._sky_state(job)
+            except sky_api.SkyError as e:
+                raise BackendError(str(e)) from None
+            if new is None:
+                # The cluster is gone (autodown, or torn down outside the launcher) before we saw the end.
+                return state.update(job.id, state="STOPPED", ended=job.ended or time.time(),
+                                    extra=dict(job.extra, finalized=True))
+            changes: dict = {"state": new}
+            if new == "RUNNING" and not job.extra.get("running_since"):
+                changes["extra"] = dict(job.extra, running_since=time.time())
+            if new in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                changes.update(ended=time.time(), exit_code=0 if new == "SUCCEEDED" else 1)
+            job = state.update(job.id, **changes)
+        # Also a job that an earlier look (a sync's) saw end without finalizing it.
         if finalize and job.done and not job.extra.get("finalized"):
             job = self._finalize(job)
         return job
@@ -251,6 +267,12 @@ class SkyBackend(Backend):
         from launcher import sky_api, state
 
         if not job.extra.get("managed"):
+            try:
+                alive = bool(job.cluster) and bool(sky_api.clusters([job.cluster]))
+            except sky_api.SkyError as e:
+                raise BackendError(str(e)) from None
+            if not alive:  # gone already: autodown, `down --idle`, or by hand
+                return state.update(job.id, extra=dict(job.extra, finalized=True))
             try:
                 self.sync(job, Path(job.output_dir))
             except BackendError as e:
@@ -275,6 +297,10 @@ class SkyBackend(Backend):
             return sky_api.tail_logs(job.cluster, sky_job, follow=follow)
         except sky_api.SkyError as e:
             raise BackendError(str(e)) from None
+
+    def checkpoints_only_on_machine(self, spec: "JobSpec") -> bool:
+        # With a bucket the trainer uploads each checkpoint; a spot job without one is refused.
+        return not spec.outputs.bucket and not spec.resources.spot
 
     def remote_run_dir(self, job: "Job") -> str:
         """The run folder on the node, relative to the ssh user's home (SkyPilot syncs workdir there)."""

@@ -198,3 +198,20 @@ def test_failed_setup_reports_its_root_cause():
     assert "\n" not in line
     assert line.startswith("Failed to run setup commands on an instance.")
     assert line.endswith("No space left on device (os error 28)")
+
+
+def test_data_outside_the_job_folder_is_refused_before_launch(quickstart_job, tmp_path):
+    """Only the job file's folder travels: data or a model elsewhere would fail on the paid machine."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pairs.jsonl").write_text('{"prompt": "a", "generation": "b"}\n')
+    for field, value in (("data.sources", [{"path": str(elsewhere / "pairs.jsonl")}]),
+                         ("data.sources", [{"path": "../elsewhere/*.jsonl"}]),
+                         ("model", str(elsewhere))):
+        spec = load_spec(quickstart_job, [("resources.cloud", "lambda"), ("resources.accelerators", "A100:1"),
+                                          (field, value)])
+        with pytest.raises(BackendError, match=r"(data\.sources\[0\]\.path|model): .* is outside .*move it into"):
+            get_backend("lambda").dry_run(spec, quickstart_job)
+    # inside the folder, as the quickstart has it: fine
+    out, _ = dry("lambda", quickstart_job, accelerators="A100:1")
+    assert "nothing was launched" in out

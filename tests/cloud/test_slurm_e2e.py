@@ -98,13 +98,18 @@ def _job_id(text: str) -> str:
 def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     env = slurm_env
 
-    # Two jobs: the main one, and a short one whose cluster must go away by itself (autodown)
-    # as soon as it is idle; it runs while the main one is followed and synced.
+    # Three jobs: the main one, which the test follows, syncs and takes down itself; a short one
+    # whose cluster must go away by itself (autodown) as soon as it is idle; and one left to the
+    # watcher that a detached submit starts (no bucket: checkpoints live only on the cluster).
     job1 = _job_file(tmp_path, "sl-main", steps=4, idle_minutes=20)
     job2 = _job_file(tmp_path, "sl-auto", steps=2, idle_minutes=0)
-    jid = _job_id(launcher(env, "submit", str(job1), "--cloud", "slurm", "--detach").stdout)
-    jid2 = _job_id(launcher(env, "submit", str(job2), "--cloud", "slurm", "--detach").stdout)
-    cluster, cluster2 = f"launcher-{jid}", f"launcher-{jid2}"
+    job3 = _job_file(tmp_path, "sl-watch", steps=2, idle_minutes=20)
+    jid = _job_id(launcher(env, "submit", str(job1), "--cloud", "slurm", "--detach", "--no-watch").stdout)
+    jid2 = _job_id(launcher(env, "submit", str(job2), "--cloud", "slurm", "--detach", "--no-watch").stdout)
+    sub3 = launcher(env, "submit", str(job3), "--cloud", "slurm", "--detach")
+    jid3 = _job_id(sub3.stdout)
+    assert f"launcher sync {jid3} --watch` runs in the background" in sub3.stdout, sub3.stdout
+    cluster, cluster2, cluster3 = f"launcher-{jid}", f"launcher-{jid2}", f"launcher-{jid3}"
 
     follow = launcher(env, "logs", "-f", jid, timeout=1200, check=False)
     assert follow.returncode == 0, follow.stdout[-6000:] + follow.stderr[-3000:]
@@ -141,6 +146,17 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
         time.sleep(10)
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
     assert "other-keep" in _clusters(env)
+
+    # The watcher brought the third job's checkpoints home by itself, then took its cluster down
+    # (idle_minutes 20: autodown would not have yet).
+    out3 = tmp_path / "sl-watch-out" / "checkpoints" / "checkpoint-2"
+    deadline = time.time() + 600
+    while (cluster3 in _clusters(env) or not out3.exists()) and time.time() < deadline:
+        time.sleep(10)
+    watch_log = Path(env["LAUNCHER_HOME"]) / "watch" / f"{jid3}.log"
+    assert out3.exists() and verify(out3) == [], watch_log.read_text()[-3000:]
+    assert cluster3 not in _clusters(env), watch_log.read_text()[-3000:]
+    assert "SUCCEEDED" in launcher(env, "status", jid3).stdout
 
     # No secret value in any file the launcher or SkyPilot's client wrote on this machine.
     for root in (Path(env["LAUNCHER_HOME"]), tmp_path, Path(env["HOME"]) / ".sky"):
