@@ -33,7 +33,9 @@ class Boilerplate:
         phrases = (DEFAULT_BOILERPLATE if cfg.boilerplate_default else []) + cfg.boilerplate_extra
         self.mode = cfg.boilerplate if phrases else "off"
         alt = "|".join(re.escape(p.lower()) for p in sorted(set(phrases), key=len, reverse=True)) or "(?!)"
-        self.find = re.compile(alt, re.I)
+        # searched in the lowercased text: an alternation under re.I is about 5x slower, and this
+        # search runs on every answer
+        self.find = re.compile(alt)
         # the sentence around a phrase: back to the previous sentence end, on to the next one
         self.sentence = re.compile(r"[^.!?\n]*(?:" + alt + r")[^.!?\n]*[.!?]*[ \t]*", re.I)
 
@@ -41,13 +43,13 @@ class Boilerplate:
         """(text, phrase found or None); in cut mode the text comes back without the sentence."""
         if self.mode == "off":
             return s, None
-        m = self.find.search(s)
+        m = self.find.search(s.lower())
         if not m:
             return s, None
         if self.mode == "cut":
             # keep the space before the cut sentence, drop the one after it
             s = self.sentence.sub(lambda m: m.group()[:len(m.group()) - len(m.group().lstrip())], s).strip()
-        return s, m.group().lower()
+        return s, m.group()
 
 
 def fields(rec: dict) -> list[str]:

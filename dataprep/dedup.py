@@ -55,6 +55,30 @@ def bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
+class Signer:
+    """A record's LSH band keys: one 64-bit key per band of its MinHash signature. Needs no index, so
+    worker processes compute them while the index takes its decisions in order."""
+
+    def __init__(self, cfg: DedupConfig):
+        from datasketch import MinHash
+
+        ref = MinHash(num_perm=cfg.num_perm, seed=1)
+        self._perms, self._scheme = ref.permutations, ref.scheme  # made once, not per row
+        self._minhash = MinHash
+        self.num_perm = cfg.num_perm
+        self.b, self.r = bands(cfg.threshold, cfg.num_perm)
+
+    def __call__(self, rec: dict) -> list[int]:
+        m = self._minhash(num_perm=self.num_perm, seed=1, hashfunc=_identity, permutations=self._perms,
+                          scheme=self._scheme)
+        m.update_batch(shingles(rec))
+        hv = m.hashvalues
+        # The band's number is mixed in, so one table serves every band.
+        return [int.from_bytes(hashlib.blake2b(hv[i * self.r:(i + 1) * self.r].tobytes(), digest_size=8,
+                                               salt=i.to_bytes(8, "little")).digest(), "little", signed=True)
+                for i in range(self.b)]
+
+
 class Deduper:
     """`check(rec, key)` for each record in order; `report()` at the end; `close()` removes the index."""
 
@@ -76,26 +100,12 @@ class Deduper:
         self.rows = 0
         self._pending = 0
         if cfg.near:
-            from datasketch import MinHash
+            self.sign = Signer(cfg)
+            self._query = f"SELECT min(row) FROM lsh WHERE h IN ({','.join('?' * self.sign.b)})"
 
-            ref = MinHash(num_perm=cfg.num_perm, seed=1)
-            self._perms, self._scheme = ref.permutations, ref.scheme  # made once, not per row
-            self._minhash = MinHash
-            self.b, self.r = bands(cfg.threshold, cfg.num_perm)
-            self._query = f"SELECT min(row) FROM lsh WHERE h IN ({','.join('?' * self.b)})"
-
-    def _band_keys(self, rec: dict) -> list[int]:
-        m = self._minhash(num_perm=self.cfg.num_perm, seed=1, hashfunc=_identity,
-                           permutations=self._perms, scheme=self._scheme)
-        m.update_batch(shingles(rec))
-        hv = m.hashvalues
-        # One 64-bit key per band, the band's number mixed in: one table serves every band.
-        return [int.from_bytes(hashlib.blake2b(hv[i * self.r:(i + 1) * self.r].tobytes(), digest_size=8,
-                                               salt=i.to_bytes(8, "little")).digest(), "little", signed=True)
-                for i in range(self.b)]
-
-    def check(self, rec: dict, key: str) -> str | None:
-        """None if the record is new (and remember it), else the drop reason."""
+    def check(self, rec: dict, key: str, bands: list[int] | None = None) -> str | None:
+        """None if the record is new (and remember it), else the drop reason. `bands`: the record's
+        `Signer` keys when a worker process computed them already."""
         k = bytes.fromhex(key)
         where = rec["_where"]
         if self.cfg.exact:
@@ -104,7 +114,7 @@ class Deduper:
                 return self._dup(hit[0], where, "exact_duplicate")
         keys = None
         if self.cfg.near:
-            keys = self._band_keys(rec)
+            keys = bands if bands is not None else self.sign(rec)
             hit = self.db.execute(self._query, keys).fetchone()[0]
             if hit is not None:
                 return self._dup(hit, where, "near_duplicate")

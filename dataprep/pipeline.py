@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .clean import Boilerplate, clean_record
 from .config import DataConfig
-from .dedup import Deduper, content_key
+from .dedup import Deduper, Signer, content_key
 from .errors import DataError, Rejects
 from .format import Formatter
 from .ingest import read_source, source_files
@@ -115,32 +115,35 @@ def _run(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, 
 
 def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict,
             dedup: Deduper) -> dict:
-    bp = Boilerplate(cfg.clean)
     fmt = Formatter(cfg, tok)
     val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
 
-    # Stages 1-3 stream; stage 4 (clustering) needs every example at once.
+    # Stages 1-3 stream; stage 4 (clustering) needs every example at once. Cleaning and the dedup
+    # signatures need no order and run in worker processes; the dedup decisions are taken here, in
+    # input order, so the first occurrence is the one kept.
+    def raws():
+        for src in cfg.sources:
+            yield from read_source(src, base_dir, rejects)
+
     def deduped():
+        workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
         with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
-            for src in cfg.sources:
-                for raw in read_source(src, base_dir, rejects):
-                    bar.update(1)
-                    counts["ingest"]["kept"] += 1
-                    counts["clean"]["in"] += 1
-                    rec, why = clean_record(raw, cfg.clean, bp)
-                    if why:
-                        rejects.drop("clean", why, raw["_where"], _public(raw))
-                        continue
-                    counts["clean"]["kept"] += 1
-                    counts["dedup"]["in"] += 1
-                    key = content_key(rec)
-                    why = dedup.check(rec, key)
-                    if why:
-                        rejects.drop("dedup", why, rec["_where"], _public(rec))
-                        continue
-                    counts["dedup"]["kept"] += 1
-                    rec["_key"] = key
-                    yield rec
+            for raw, rec, why, key, bands in _cleaned(raws(), cfg, workers):
+                bar.update(1)
+                counts["ingest"]["kept"] += 1
+                counts["clean"]["in"] += 1
+                if why:
+                    rejects.drop("clean", why, raw["_where"], _public(raw))
+                    continue
+                counts["clean"]["kept"] += 1
+                counts["dedup"]["in"] += 1
+                why = dedup.check(rec, key, bands)
+                if why:
+                    rejects.drop("dedup", why, rec["_where"], _public(rec))
+                    continue
+                counts["dedup"]["kept"] += 1
+                rec["_key"] = key
+                yield rec
 
     stream = deduped()
     cluster_report = None
@@ -220,6 +223,78 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
     for (stage, reason), n in rejects.counts.items():
         counts[stage].setdefault("dropped", {})[reason] = n
     return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report)
+
+
+PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves
+_BATCH = 500  # records a worker takes at a time
+_worker: dict = {}
+
+
+def _cores() -> int:
+    try:
+        return min(len(os.sched_getaffinity(0)), 8)  # what this process may use (a container's share)
+    except AttributeError:  # macOS
+        return min(os.cpu_count() or 1, 8)
+
+
+def _input_bytes(cfg: DataConfig, base_dir: Path) -> int:
+    total = 0
+    for src in cfg.sources:
+        if src.path:
+            for path, _fmt in source_files(src, base_dir):
+                total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return total
+
+
+def _init_worker(cfg: DataConfig) -> None:
+    _worker.update(cfg=cfg, bp=Boilerplate(cfg.clean), sign=Signer(cfg.dedup) if cfg.dedup.near else None)
+
+
+def _clean_batch(batch: list[dict]) -> list[tuple]:
+    """(raw, cleaned record or None, drop reason or None, content key, band keys) for each raw record."""
+    cfg, bp, sign = _worker["cfg"], _worker["bp"], _worker["sign"]
+    out = []
+    for raw in batch:
+        rec, why = clean_record(raw, cfg.clean, bp)
+        if why:
+            out.append((raw, None, why, None, None))
+        else:
+            out.append((raw, rec, None, content_key(rec), sign(rec) if sign else None))
+    return out
+
+
+def _cleaned(raws, cfg: DataConfig, workers: int):
+    """`_clean_batch` over the raw records, in order; with several workers, at most two batches per
+    worker in flight, so memory follows the batch size and not the input (Pool.imap would read the
+    whole input ahead)."""
+    def batches():
+        batch = []
+        for raw in raws:
+            batch.append(raw)
+            if len(batch) == _BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    if workers <= 1:
+        _init_worker(cfg)
+        for batch in batches():
+            yield from _clean_batch(batch)
+        return
+    import multiprocessing
+    from collections import deque
+
+    # forkserver: a fork of this process would copy the tokenizer's threads' state
+    ctx = multiprocessing.get_context("forkserver")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        pending = deque()
+        for batch in batches():
+            pending.append(pool.apply_async(_clean_batch, (batch,)))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
 
 
 def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> None:

@@ -29,7 +29,8 @@ def rejects(out):
     return [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
 
 
-def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok):
+@pytest.mark.parametrize("workers", [0, 2])  # 0: in this process (a small input); 2: worker processes
+def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok, workers):
     rows = qa(40)
     rows.insert(5, dict(rows[2]))  # exact duplicate
     rows.insert(9, {"prompt": rows[3]["prompt"].upper(), "generation": "  " + rows[3]["generation"] + " "})  # normalizes equal
@@ -41,7 +42,7 @@ def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok):
     write_jsonl(tmp_path / "a.jsonl", rows)
     (tmp_path / "b.jsonl").write_text('{"prompt": "ok", "generation": "fine"}\n{broken\n')
     spec = job([{"path": "*.jsonl"}, {"path": str(FIXTURES / "mysql.sql"), "input": "prompt", "output": "reply"}],
-               split=[0.8, 0.2])
+               split=[0.8, 0.2], workers=workers)
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"b\.jsonl:2: malformed JSON"):
         prepare(spec, out, tmp_path, tokenizer=tok)
