@@ -7,6 +7,7 @@ launching anything. The Slurm end-to-end test starts its own API server in a sep
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ _RUNTIME = Path(tempfile.mkdtemp(prefix="launcher-sky-runtime-"))
 shutil.copytree(HERE / "fixtures" / "catalogs", _RUNTIME / ".sky" / "catalogs" / "v8",
                 ignore=shutil.ignore_patterns("README.md"))
 _ISOLATED_HOME = Path(tempfile.mkdtemp(prefix="launcher-sky-home-"))  # no cloud credentials in it
+for _tmp in (_RUNTIME, _ISOLATED_HOME):
+    atexit.register(shutil.rmtree, _tmp, ignore_errors=True)
 os.environ["SKY_RUNTIME_DIR"] = str(_RUNTIME)
 os.environ["HOME"] = str(_ISOLATED_HOME)
 os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] = "1"
