@@ -6,6 +6,7 @@ inside the commands that need them.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -250,6 +251,32 @@ def _start_watcher(job) -> Path:
     return log
 
 
+def _stop_watcher(job) -> None:
+    """End the job's background `sync --watch` (and its rsync), if it still runs."""
+    import signal
+    import subprocess
+
+    pid = job.extra.get("watcher_pid")
+    if not pid:
+        return
+    try:  # the pid is ours only while its command line still names this job's watch
+        args = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout
+    except OSError:
+        return
+    if f"sync {job.id} --watch" not in args:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)  # its own session: the rsync it runs goes too
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
@@ -356,6 +383,7 @@ def down(job_id, idle, down_all, yes):
         from launcher.backends.base import get_backend
 
         job = _job_or_fail(job_id)
+        _stop_watcher(job)  # down syncs one last time itself; two syncs into one folder would race
         job = get_backend(job.cloud).down(job)
         click.echo(f"{job.id}: {job.state}")
         return

@@ -92,3 +92,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
 def test_status_with_no_jobs():
     r = run("status")
     assert r.exit_code == 0 and "no jobs yet" in r.output
+
+
+def test_down_stops_the_jobs_watcher_and_nothing_else(tmp_path):
+    """`launcher down JOB` ends the background `sync JOB --watch` (its whole session) before its own
+    last sync, and leaves a process that merely reuses a recorded pid alone."""
+    import time
+    from types import SimpleNamespace
+
+    from launcher.cli import _stop_watcher
+
+    sleeper = "import subprocess, sys; subprocess.run(['sleep', '60'])"
+    watcher = subprocess.Popen([sys.executable, "-c", sleeper, "sync", "q-1", "--watch"], start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", sleeper, "sync", "q-2", "--watch"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        grandchild = subprocess.run(["pgrep", "-g", str(watcher.pid), "sleep"], capture_output=True, text=True).stdout.split()
+        assert grandchild  # the rsync stand-in, in the watcher's session
+        _stop_watcher(SimpleNamespace(id="q-1", extra={"watcher_pid": watcher.pid}))
+        assert watcher.wait(5) is not None
+        time.sleep(0.2)
+        assert subprocess.run(["ps", "-p", grandchild[0]], capture_output=True).returncode != 0
+        _stop_watcher(SimpleNamespace(id="q-1", extra={"watcher_pid": other.pid}))  # not q-1's watch
+        assert other.poll() is None
+    finally:
+        for p in (watcher, other):
+            if p.poll() is None:
+                subprocess.run(["pkill", "-g", str(p.pid)])
+                p.wait(5)
