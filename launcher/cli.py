@@ -6,7 +6,6 @@ inside the commands that need them.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -225,7 +224,9 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
                 click.echo(f"warning: no outputs.bucket: checkpoints stay on {job.cluster}, which goes down "
                            f"{spec.resources.idle_minutes} idle minutes after the job; `launcher sync {job.id}` before that")
             else:
-                log = _start_watcher(job)
+                from launcher import watch
+
+                log = watch.start(job)
                 click.echo(f"checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
                            f"background (log: {log}), then takes the cluster down when the job ends")
         return
@@ -233,48 +234,6 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
     job = backend.status(state.get(job.id))
     click.echo(f"{job.id}: {job.state}")
     sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
-
-
-def _start_watcher(job) -> Path:
-    """`launcher sync JOB --watch` in its own session, so it outlives this command and the terminal."""
-    import subprocess
-
-    from launcher import state
-
-    log = state.home() / "watch" / f"{job.id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "sync", job.id, "--watch"], stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    job = state.get(job.id)
-    state.update(job.id, extra=dict(job.extra, watcher_pid=proc.pid, watcher_log=str(log)))
-    return log
-
-
-def _stop_watcher(job) -> None:
-    """End the job's background `sync --watch` (and its rsync), if it still runs."""
-    import signal
-    import subprocess
-
-    pid = job.extra.get("watcher_pid")
-    if not pid:
-        return
-    try:  # the pid is ours only while its command line still names this job's watch
-        args = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True).stdout
-    except OSError:
-        return
-    if f"sync {job.id} --watch" not in args:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)  # its own session: the rsync it runs goes too
-    except (ProcessLookupError, PermissionError):
-        return
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
 
 
 def _duration(seconds: float) -> str:
@@ -383,7 +342,9 @@ def down(job_id, idle, down_all, yes):
         from launcher.backends.base import get_backend
 
         job = _job_or_fail(job_id)
-        _stop_watcher(job)  # down syncs one last time itself; two syncs into one folder would race
+        from launcher import watch
+
+        watch.stop(job)  # down syncs one last time itself; two syncs into one folder would race
         job = get_backend(job.cloud).down(job)
         click.echo(f"{job.id}: {job.state}")
         return

@@ -40,21 +40,33 @@ def down_idle(minutes: int) -> list[str]:
     """Tear down our clusters idle for at least `minutes`; returns their names.
 
     A cluster whose job this machine knows goes down through its backend, so that its
-    checkpoints come home first (the last sync) and the job's record says what happened.
+    checkpoints come home first (the last sync) and the job's record says what happened; the
+    job's background sync watcher, if any, is stopped first. One cluster that fails does not
+    keep the others up; the failures are reported together at the end.
     """
-    gone = []
+    from launcher import watch
+    from launcher.backends.base import BackendError, get_backend
+
+    gone, failed = [], []
     for c in ours():
         idle = idle_seconds(c)
         if idle is None or idle < minutes * 60:
             continue
         job = _job_of(c["name"])
-        if job is not None:
-            from launcher.backends.base import get_backend
-
-            get_backend(job.cloud).down(job)
-        else:
-            sky_api.down(c["name"])
+        try:
+            if job is not None:
+                watch.stop(job)
+                get_backend(job.cloud).down(job)
+            else:
+                sky_api.down(c["name"])
+        except BackendError as e:
+            if sky_api.clusters([c["name"]]):
+                failed.append(f"{c['name']}: {e}")
+                continue
+            # gone all the same: its watcher or its autodown took it meanwhile
         gone.append(c["name"])
+    if failed:
+        raise BackendError(f"torn down: {', '.join(gone) or 'nothing'}; not torn down: {'; '.join(failed)}")
     return gone
 
 

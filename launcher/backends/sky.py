@@ -348,13 +348,20 @@ class SkyBackend(Backend):
                                     extra=dict(job.extra, finalized=True))
             alive = job.cluster and sky_api.clusters([job.cluster])
             if alive and not job.done and job.extra.get("sky_job_id") is not None:
-                sky_api.cancel(job.cluster, job.extra["sky_job_id"])
+                try:  # SIGTERM: the trainer saves a checkpoint, which the sync below brings home
+                    sky_api.cancel(job.cluster, job.extra["sky_job_id"])
+                except sky_api.SkyError as e:
+                    print(f"{job.id}: cancel failed ({e}); taking the cluster down all the same", file=sys.stderr)
             if alive:
                 try:
                     self.sync(job, Path(job.output_dir))
                 except BackendError as e:
                     print(f"{job.id}: sync before down failed: {e}", file=sys.stderr)
-                sky_api.down(job.cluster)
+                try:
+                    sky_api.down(job.cluster)
+                except sky_api.SkyError:
+                    if sky_api.clusters([job.cluster]):
+                        raise  # else another `down` (a watcher's, autodown) finished first
         except sky_api.SkyError as e:
             raise BackendError(str(e)) from None
         new_state = job.state if job.done else "CANCELLED"

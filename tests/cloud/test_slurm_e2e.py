@@ -99,17 +99,16 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     env = slurm_env
 
     # Three jobs: the main one, which the test follows, syncs and takes down itself; a short one
-    # whose cluster must go away by itself (autodown) as soon as it is idle; and one left to the
-    # watcher that a detached submit starts (no bucket: checkpoints live only on the cluster).
+    # whose cluster must go away by itself (autodown) as soon as it is idle; and, once that is gone,
+    # one left to the watcher that a detached submit starts (no bucket: checkpoints live only on
+    # the cluster). All share one Slurm node as one user, and there a cluster's teardown was seen to
+    # stop another cluster's skylet (which runs autodown): so nothing goes down before the autodown.
     job1 = _job_file(tmp_path, "sl-main", steps=4, idle_minutes=20)
     job2 = _job_file(tmp_path, "sl-auto", steps=2, idle_minutes=0)
     job3 = _job_file(tmp_path, "sl-watch", steps=2, idle_minutes=20)
     jid = _job_id(launcher(env, "submit", str(job1), "--cloud", "slurm", "--detach", "--no-watch").stdout)
     jid2 = _job_id(launcher(env, "submit", str(job2), "--cloud", "slurm", "--detach", "--no-watch").stdout)
-    sub3 = launcher(env, "submit", str(job3), "--cloud", "slurm", "--detach")
-    jid3 = _job_id(sub3.stdout)
-    assert f"launcher sync {jid3} --watch` runs in the background" in sub3.stdout, sub3.stdout
-    cluster, cluster2, cluster3 = f"launcher-{jid}", f"launcher-{jid2}", f"launcher-{jid3}"
+    cluster, cluster2 = f"launcher-{jid}", f"launcher-{jid2}"
 
     follow = launcher(env, "logs", "-f", jid, timeout=1200, check=False)
     assert follow.returncode == 0, follow.stdout[-6000:] + follow.stderr[-3000:]
@@ -124,31 +123,18 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     again = launcher(env, "sync", jid, "--to", str(dest))
     assert again.stdout.startswith("0 files copied"), again.stdout  # incremental: nothing new
 
-    # A cluster that is not ours, idle: `down --idle` must leave it alone.
-    other = subprocess.run(["sky", "launch", "-y", "-c", "other-keep", "--infra", "slurm", "--cpus", "1",
-                            "--memory", "1", "echo not-ours"], env=env, capture_output=True, text=True, timeout=900)
-    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
-
-    # `down --idle 0m`: our idle cluster goes, after a last sync into the job's output folder.
-    idle = launcher(env, "down", "--idle", "0m")
-    assert cluster in idle.stdout and "other-keep" not in idle.stdout, idle.stdout
-    names = _clusters(env)
-    assert cluster not in names and "other-keep" in names
-    out_dir = tmp_path / "sl-main-out"
-    assert verify(out_dir / "checkpoints" / "checkpoint-4") == []
-    down = launcher(env, "down", jid)  # already gone: says so, keeps the job's outcome
-    assert "SUCCEEDED" in down.stdout
-    st = launcher(env, "status", jid)
-    assert "SUCCEEDED" in st.stdout and "slurm" in st.stdout
-
+    # The short job's cluster goes away by itself (autodown, idle_minutes 0), with nobody asking.
     deadline = time.time() + 600
     while cluster2 in _clusters(env) and time.time() < deadline:
         time.sleep(10)
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
-    assert "other-keep" in _clusters(env)
 
-    # The watcher brought the third job's checkpoints home by itself, then took its cluster down
+    # The watcher brings the third job's checkpoints home by itself, then takes its cluster down
     # (idle_minutes 20: autodown would not have yet).
+    sub3 = launcher(env, "submit", str(job3), "--cloud", "slurm", "--detach")
+    jid3 = _job_id(sub3.stdout)
+    assert f"launcher sync {jid3} --watch` runs in the background" in sub3.stdout, sub3.stdout
+    cluster3 = f"launcher-{jid3}"
     out3 = tmp_path / "sl-watch-out" / "checkpoints" / "checkpoint-2"
     deadline = time.time() + 600
     while (cluster3 in _clusters(env) or not out3.exists()) and time.time() < deadline:
@@ -157,6 +143,24 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     assert out3.exists() and verify(out3) == [], watch_log.read_text()[-3000:]
     assert cluster3 not in _clusters(env), watch_log.read_text()[-3000:]
     assert "SUCCEEDED" in launcher(env, "status", jid3).stdout
+
+    # A cluster that is not ours, idle: `down --idle` must leave it alone.
+    other = subprocess.run(["sky", "launch", "-y", "-c", "other-keep", "--infra", "slurm", "--cpus", "1",
+                            "--memory", "1", "echo not-ours"], env=env, capture_output=True, text=True, timeout=900)
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+
+    # `down --idle 0m`: our idle cluster goes, after a last sync into the job's output folder.
+    idle = launcher(env, "down", "--idle", "0m")
+    # exactly ours: the other two went by themselves, and other-keep is not ours
+    assert idle.stdout.strip().splitlines()[-1] == f"torn down: {cluster}", idle.stdout
+    names = _clusters(env)
+    assert cluster not in names and "other-keep" in names
+    out_dir = tmp_path / "sl-main-out"
+    assert verify(out_dir / "checkpoints" / "checkpoint-4") == []
+    down = launcher(env, "down", jid)  # already gone: says so, keeps the job's outcome
+    assert "SUCCEEDED" in down.stdout
+    st = launcher(env, "status", jid)
+    assert "SUCCEEDED" in st.stdout and "slurm" in st.stdout
 
     # No secret value in any file the launcher or SkyPilot's client wrote on this machine.
     for root in (Path(env["LAUNCHER_HOME"]), tmp_path, Path(env["HOME"]) / ".sky"):

@@ -100,7 +100,7 @@ def test_down_stops_the_jobs_watcher_and_nothing_else(tmp_path):
     import time
     from types import SimpleNamespace
 
-    from launcher.cli import _stop_watcher
+    from launcher import watch
 
     sleeper = "import subprocess, sys; subprocess.run(['sleep', '60'])"
     watcher = subprocess.Popen([sys.executable, "-c", sleeper, "sync", "q-1", "--watch"], start_new_session=True)
@@ -109,11 +109,11 @@ def test_down_stops_the_jobs_watcher_and_nothing_else(tmp_path):
         time.sleep(0.5)
         grandchild = subprocess.run(["pgrep", "-g", str(watcher.pid), "sleep"], capture_output=True, text=True).stdout.split()
         assert grandchild  # the rsync stand-in, in the watcher's session
-        _stop_watcher(SimpleNamespace(id="q-1", extra={"watcher_pid": watcher.pid}))
+        watch.stop(SimpleNamespace(id="q-1", extra={"watcher_pid": watcher.pid}))
         assert watcher.wait(5) is not None
         time.sleep(0.2)
         assert subprocess.run(["ps", "-p", grandchild[0]], capture_output=True).returncode != 0
-        _stop_watcher(SimpleNamespace(id="q-1", extra={"watcher_pid": other.pid}))  # not q-1's watch
+        watch.stop(SimpleNamespace(id="q-1", extra={"watcher_pid": other.pid}))  # not q-1's watch
         assert other.poll() is None
     finally:
         for p in (watcher, other):
