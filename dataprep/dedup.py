@@ -5,8 +5,8 @@ can show what was merged.
 Memory stays flat however large the input: the indexes live in a SQLite file beside the output
 (deleted at the end), with a bounded page cache. datasketch still computes the MinHash signatures
 and chooses the bands, but its in-memory `MinHashLSH` is not used: it holds every band of every
-kept example as Python objects, about 2 KB a row, so a 2 GB input (1.3 M rows) would need 2.5 GB
-for the index alone. The decisions are the same as datasketch's index (tests/dataprep/test_dedup.py).
+kept example as Python objects, about 1.7 KB a row (measured), so a 2 GB input (1.3 M rows) would
+need 2.2 GB for the index alone. The decisions are the same as datasketch's index (tests/dataprep/test_dedup.py).
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def content_key(rec: dict) -> str:
 def shingles(rec: dict) -> list[int]:
     """Word 3-grams of all the record's fields, casefolded, as distinct 32-bit hashes: what
     near-duplicates share. Hashed with numpy from one CRC-32 a word, not a SHA-1 a 3-gram as
-    datasketch's default does: the same sets, five times faster (profiled: hashing was most of it)."""
+    datasketch's default does: other hash values for the same 3-grams, several times faster
+    (profiled: hashing was most of the dedup time)."""
     words = _WORD.findall(" ".join(fields(rec)).casefold())
     if len(words) < 3:
         return [zlib.crc32(" ".join(words).encode())]
