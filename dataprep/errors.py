@@ -11,11 +11,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from launcher.errors import LauncherError
+from launcher.errors import DataError
 
-
-class DataError(LauncherError):
-    """Bad input data; str() is one line naming the file and line."""
+__all__ = ["DataError", "Rejects"]
 
 
 class Rejects:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-EXIT_BAD_INPUT = 2
+from launcher.errors import EXIT_BAD_INPUT
 CLOUD_NAMES = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
 
 

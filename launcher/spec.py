@@ -157,6 +157,23 @@ class JobSpec(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+RESOLVED = "job.yaml"  # the resolved job inside a run folder (or what travels to a machine)
+
+
+def write_resolved(spec: JobSpec, folder: str | Path, *, keep: bool = False) -> Path:
+    """Write the fully resolved job (every override applied; secrets are only names) as
+    FOLDER/job.yaml, the one file every later stage and machine reads. With `keep`, an existing one
+    is left as it is: a resumed run goes on with the job it started with."""
+    path = Path(folder) / RESOLVED
+    if keep and path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RESOLVED}.tmp")
+    tmp.write_text(spec.to_yaml(), encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a job file
+    return path
+
+
 # -- loading ------------------------------------------------------------------------------------
 
 def parse_set(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+from launcher.errors import EXIT_BAD_INPUT
 
 
 def _run(stage: str, cmd: list[str], env: dict) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="quarantine bad input rows instead of stopping")
     args = ap.parse_args(argv)
 
-    from launcher.spec import SpecError, load_spec
+    from launcher.spec import SpecError, load_spec, write_resolved
 
     try:
         spec = load_spec(args.job)
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    resolved = out / "job.yaml"
-    if not resolved.exists():
-        resolved.write_text(spec.to_yaml())
+    resolved = write_resolved(spec, out, keep=True)
     base_dir = args.base_dir or args.job.resolve().parent
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     data = out / "data"

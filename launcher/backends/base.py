@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from launcher.errors import LauncherError
+from launcher.errors import BackendError
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec
@@ -27,10 +27,6 @@ CAPABILITIES = {
     "bucket": "mounting or uploading to a bucket (outputs.bucket)",
     "region": "choosing a region or zone",
 }
-
-
-class BackendError(LauncherError):
-    """A problem the user can act on; the CLI prints it as one line."""
 
 
 @dataclass

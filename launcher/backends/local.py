@@ -18,8 +18,9 @@ from pathlib import Path
 
 from launcher import state
 from launcher.backends.base import Backend, BackendError
+from launcher.errors import EXIT_STOPPED
+from launcher.spec import write_resolved
 
-EXIT_PREEMPTED = 75
 STOP_GRACE_S = 180  # a checkpoint save of a 7B model on a slow disk takes this long
 
 
@@ -85,7 +86,7 @@ class LocalBackend(Backend):
                     raise BackendError(f"job {other.id} is already writing to {out}; wait for it, stop it "
                                        f"(`launcher down {other.id}`), or give this one another name (--set name=...)")
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        (out / "job.yaml").write_text(spec.to_yaml())
+        write_resolved(spec, out)
         log = out / "logs" / "job.log"
         with open(log, "ab") as f:
             proc = subprocess.Popen([sys.executable, "-m", "launcher.backends.local", job.id],
@@ -179,7 +180,7 @@ def supervise(job_id: str) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = child.wait()
-    final = "SUCCEEDED" if code == 0 else ("STOPPED" if code in (EXIT_PREEMPTED, -signal.SIGTERM) else "FAILED")
+    final = "SUCCEEDED" if code == 0 else ("STOPPED" if code in (EXIT_STOPPED, -signal.SIGTERM) else "FAILED")
     state.update(job_id, state=final, exit_code=code, ended=time.time())
     print(f"[launcher] job {job_id} {final.lower()} (exit code {code})", flush=True)
     return code

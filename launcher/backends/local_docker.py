@@ -23,8 +23,9 @@ from pathlib import Path
 
 from launcher import state
 from launcher.backends.base import Backend, BackendError, SyncResult
+from launcher.errors import EXIT_STOPPED
+from launcher.spec import write_resolved
 
-EXIT_PREEMPTED = 75
 STOP_GRACE_S = 180  # the same grace as a bare local job: the trainer saves a checkpoint first
 LABEL = "launcher.job"
 
@@ -131,7 +132,7 @@ class LocalDockerBackend(Backend):
             raise BackendError(str(e)) from None
         out, base, volumes, command = self._plan(job, spec, job_file)
         (out / "logs").mkdir(parents=True, exist_ok=True)
-        (out / "job.yaml").write_text(spec.to_yaml())
+        write_resolved(spec, out)
         env = _environment(spec)
         env["LAUNCHER_MODEL_CACHE"] = "/launcher/models"
         device_requests = None
@@ -166,7 +167,7 @@ class LocalDockerBackend(Backend):
             return job if job.state in ("RUNNING", "STOPPING") else state.update(job.id, state="RUNNING")
         code = container.attrs["State"]["ExitCode"]
         self._save_logs(container, job)
-        final = "SUCCEEDED" if code == 0 else "STOPPED" if (code == EXIT_PREEMPTED or job.state == "STOPPING") else "FAILED"
+        final = "SUCCEEDED" if code == 0 else "STOPPED" if (code == EXIT_STOPPED or job.state == "STOPPING") else "FAILED"
         job = state.update(job.id, state=final, exit_code=code, ended=time.time())
         container.remove(force=True)
         return job

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from launcher.manifest import write_manifest
+from launcher.spec import write_resolved
 from trainers.gpu.data import first_example
 
 
@@ -34,7 +35,7 @@ def write_final(trainer, spec, tokenizer, out: Path, model_path: str, precision:
         with open(final / "samples.jsonl", "w", encoding="utf-8") as f:
             for s in samples:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    (final / "job.yaml").write_text(spec.to_yaml())
+    write_resolved(spec, final)
     if spec.method in ("lora", "qlora") and spec.lora.merge:
         merge_adapter(model_path, final, final / "merged", precision)
         tokenizer.save_pretrained(final / "merged")

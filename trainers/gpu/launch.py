@@ -7,7 +7,8 @@ SKYPILOT_NUM_NODES and SKYPILOT_NUM_GPUS_PER_NODE. DDP is the default across GPU
 (`train.fsdp`) is configured by the trainer itself through TrainingArguments, so the launch line
 is the same for both.
 
-Pure standard library: the entry command calls `command()` before anything heavy is imported.
+Standard library and the ground floor only: the entry command calls `command()` before anything
+heavy is imported.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launcher.errors import EXIT_STOPPED
+from launcher.spec import write_resolved
+
 MAIN_PROCESS_PORT = 29500
-EXIT_STOPPED = 75
 
 
 def gpus_per_node(env) -> int:
@@ -43,10 +46,7 @@ def command(spec, data_dir, out_dir, env) -> list[str]:
     if isinstance(spec, (str, Path)):
         job = Path(spec)
     else:
-        job = out_dir / "job.yaml"
-        if not job.exists():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            job.write_text(spec.to_yaml())
+        job = write_resolved(spec, out_dir, keep=True)
     trainer = ["-m", "trainers.gpu.train", str(job), "--data", str(data_dir), "--out", str(out_dir)]
 
     nodes = int(env.get("SKYPILOT_NUM_NODES") or 1)

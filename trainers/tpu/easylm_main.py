@@ -26,7 +26,8 @@ import posixpath
 import signal
 import sys
 
-EXIT_PREEMPTED = 75
+from launcher.errors import EXIT_STOPPED
+
 OWN_PREFIX = "--launcher."
 
 
@@ -167,7 +168,7 @@ def main() -> None:
 
     def run(args):
         llama_train.main(args)
-        return EXIT_PREEMPTED if stop["now"] else 0
+        return EXIT_STOPPED if stop["now"] else 0
 
     mlxu.run(run)
 

@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED
 from trainers.tpu import data as tpu_data
 from trainers.tpu.flags import FlagError, ModelConfigError, plan, render, tpu_shape
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, 75
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -130,7 +130,7 @@ def run_easylm(cmd: list[str], env: dict, log_history: list) -> int:
                     block = None
         code = proc.wait()
         # Killed by our SIGTERM before EasyLM could catch it (still importing): nothing was lost.
-        return EXIT_PREEMPTED if terminated and code == -signal.SIGTERM else code
+        return EXIT_STOPPED if terminated and code == -signal.SIGTERM else code
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stopped(signum, _frame):
         # Before and after EasyLM runs nothing is lost by stopping: conversions write atomically.
-        raise SystemExit(EXIT_PREEMPTED)
+        raise SystemExit(EXIT_STOPPED)
 
     signal.signal(signal.SIGTERM, stopped)
     from launcher.manifest import is_complete
@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     log_history: list[dict] = []
     code = run_easylm(cmd, env, log_history)
     _append_history(work / "log_history.jsonl", log_history)
-    if code == EXIT_PREEMPTED:
+    if code == EXIT_STOPPED:
         _say("stopped after saving the train state; run the same command again to resume")
-        return EXIT_PREEMPTED
+        return EXIT_STOPPED
     if code != 0:
         print(f"error: EasyLM exited with code {code} (its output is above)", file=sys.stderr)
         return EXIT_FAILED
