@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from launcher.errors import EXIT_BAD_INPUT
-CLOUD_NAMES = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
 
 
 class UserError(click.ClickException):
@@ -56,7 +55,8 @@ def _overrides(fn):
         click.option("--tpu", metavar="TYPE", help="A TPU VM, e.g. v3-8 (sets cloud gcp and resources.accelerators tpu-TYPE)."),
         click.option("--gpus", metavar="GPU:N", help="GPUs, e.g. A100:1 or H100:8 (resources.accelerators)."),
         click.option("--cloud", metavar="CLOUD",
-                     help=f"Where it runs: {', '.join(CLOUD_NAMES)} (resources.cloud; default from the file, else local)."),
+                     help="Where it runs (resources.cloud; default from the file, else local): local or a provider "
+                          "such as lambda, runpod, aws, gcp, slurm; `launcher clouds` lists them all."),
     ]
     for opt in opts:
         fn = opt(fn)
@@ -66,29 +66,29 @@ def _overrides(fn):
 def load_job(job_file: str, *, sets=(), cloud=None, gpus=None, tpu=None, spot=None, region=None, zone=None,
              idle_minutes=None, docker=None, **_):
     """The validated spec for a job file with the command line's overrides applied."""
-    import difflib
-
+    from launcher import backends
     from launcher.spec import SpecError, load_spec, parse_set
 
     overrides = parse_set(sets)
     if cloud is not None:
-        if cloud not in CLOUD_NAMES:
-            hint = difflib.get_close_matches(cloud, CLOUD_NAMES, n=1)
-            raise SpecError(f"--cloud {cloud}: unknown cloud; choose one of {', '.join(CLOUD_NAMES)}"
-                            + (f" (did you mean {hint[0]}?)" if hint else ""))
+        try:
+            backends.get_backend(cloud)
+        except backends.BackendError as e:
+            raise SpecError(f"--cloud {cloud}: {e}") from None
         overrides.append(("resources.cloud", cloud))
     if tpu is not None:
-        if cloud not in (None, "gcp"):
-            raise SpecError(f"--tpu {tpu}: TPUs are only on Google Cloud; drop --cloud {cloud} (or use --cloud gcp)")
+        tpu_clouds = [b.name for b in backends.all_backends() if "tpu" not in b.cannot]
+        if cloud is not None and cloud not in tpu_clouds:
+            raise SpecError(f"--tpu {tpu}: {backends.get_backend(cloud).cannot['tpu']}; drop --cloud {cloud}")
         tpu = tpu.lower().removeprefix("tpu-")
-        overrides += [("resources.cloud", "gcp"), ("resources.accelerators", f"tpu-{tpu}")]
+        overrides += [("resources.cloud", cloud or tpu_clouds[0]), ("resources.accelerators", f"tpu-{tpu}")]
     if gpus is not None:
         overrides.append(("resources.accelerators", gpus))
     for field, value in (("spot", spot), ("region", region), ("zone", zone), ("idle_minutes", idle_minutes),
                          ("docker", docker)):
         if value is not None:
             overrides.append((f"resources.{field}", value))
-    return load_spec(job_file, overrides)
+    return load_spec(job_file, overrides, clouds=backends.names())
 
 
 def _job_or_fail(job_id: str):
@@ -135,6 +135,22 @@ def init(job_file, force):
         raise UserError(f"{job_file} exists; use --force to overwrite")
     p.write_text(commented_yaml())
     click.echo(f"wrote {job_file}: edit model, data.sources and train, then `launcher submit {job_file}`")
+
+
+@main.command()
+def clouds():
+    """List where jobs can run (resources.cloud / --cloud) and what each provider cannot do."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from launcher import backends
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("CLOUD", "WHAT IT IS", "CANNOT"):
+        table.add_column(col)
+    for b in backends.all_backends():
+        table.add_row(b.name, b.summary, ", ".join(sorted(b.cannot)) or "-")
+    Console(width=160).print(table)
 
 
 @main.command()
@@ -199,7 +215,7 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
       launcher submit job.yaml --dry-run --set train.max_steps=10
     """
     from launcher import state
-    from launcher.backends.base import get_backend
+    from launcher.backends import get_backend
 
     spec = load_job(job_file, **flags)
     backend = get_backend(spec.resources.cloud)
@@ -253,7 +269,7 @@ def status(job_id, show_all):
     from rich.table import Table
 
     from launcher import state
-    from launcher.backends.base import BackendError, get_backend
+    from launcher.backends import BackendError, get_backend
 
     jobs = [_job_or_fail(job_id)] if job_id else state.all_jobs()
     if not show_all and not job_id:
@@ -283,7 +299,7 @@ def status(job_id, show_all):
 @_fail_cleanly
 def logs(job_id, follow):
     """Print a job's output (data prep and training); -f follows it to the end."""
-    from launcher.backends.base import get_backend
+    from launcher.backends import get_backend
 
     job = _job_or_fail(job_id)
     code = get_backend(job.cloud).logs(job, follow=follow)
@@ -302,7 +318,7 @@ def sync(job_id, to, watch):
     Incremental and resumable: only new files move, each is checked against the checkpoint's
     manifest (sha256), and a checkpoint appears complete only when all of it has arrived.
     """
-    from launcher.backends.base import get_backend
+    from launcher.backends import get_backend
 
     job = _job_or_fail(job_id)
     dest = Path(to) if to else Path(job.output_dir)
@@ -339,7 +355,7 @@ def down(job_id, idle, down_all, yes):
     if sum(bool(x) for x in (job_id, idle, down_all)) != 1:
         raise UserError("give exactly one of JOB, --idle DURATION, --all")
     if job_id:
-        from launcher.backends.base import get_backend
+        from launcher.backends import get_backend
 
         job = _job_or_fail(job_id)
         from launcher import watch

@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from launcher.backends.base import BackendError
+from launcher.errors import BackendError
 
 PREFIX = "launcher-"  # every cluster and managed job this tool creates starts with it
 

@@ -20,9 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dataprep.config import DataConfig
 from launcher.errors import LauncherError
 
-CLOUDS = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
-
-
 class SpecError(LauncherError):
     """A job file that cannot be used; str() is one line per problem, ready to print."""
 
@@ -81,8 +78,10 @@ class TrainConfig(_Section):
 
 
 class ResourcesConfig(_Section):
-    cloud: Literal["local", "lambda", "runpod", "aws", "gcp", "slurm"] = Field(
-        "local", description="Where the job runs: local (this machine), lambda, runpod, aws, gcp (TPU VMs), slurm.")
+    # Checked against the provider registry by whoever loads the spec with `clouds=` (the CLI):
+    # the spec is the ground floor and does not know the providers.
+    cloud: str = Field(
+        "local", description="Where the job runs: local (this machine) or a provider; `launcher clouds` lists them.")
     accelerators: str | None = Field(None, description="GPU or TPU and count, e.g. A100:1, H100:8, tpu-v3-8.")
     spot: bool = Field(False, description="Use spot/preemptible machines (managed: relaunched and resumed).")
     region: str | None = Field(None, description="Region to launch in (default: cheapest).")
@@ -140,12 +139,8 @@ class JobSpec(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "JobSpec":
         r = self.resources
-        if r.is_tpu and r.cloud != "gcp":
-            raise ValueError(f"resources.accelerators: {r.accelerators} is a TPU, which only cloud gcp has (got cloud {r.cloud})")
         if r.is_tpu and self.method != "full":
             raise ValueError(f"method: {self.method} is not available on TPU (EasyLM trains full models only); use method: full")
-        if r.docker and r.cloud != "local":
-            raise ValueError("resources.docker: only for cloud local; cloud jobs always run in the image")
         return self
 
     # -- derived values ---------------------------------------------------------------------
@@ -206,8 +201,10 @@ def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
     return data
 
 
-def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *, data: dict | None = None) -> JobSpec:
-    """Read, override and validate a job file. Raises SpecError with one line per problem."""
+def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *, data: dict | None = None,
+              clouds: tuple[str, ...] | None = None) -> JobSpec:
+    """Read, override and validate a job file. Raises SpecError with one line per problem.
+    `clouds`: the allowed values of resources.cloud (the provider registry's names)."""
     label = str(path) if path else "<job>"
     root = None
     if data is None:
@@ -229,9 +226,14 @@ def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *,
         raise SpecError(f"{label}: expected a mapping of fields (name:, model:, train: ...), got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as e:
         raise SpecError("\n".join(_describe(e, label, root))) from None
+    if clouds is not None and spec.resources.cloud not in clouds:
+        line = _line_of(root, ["resources", "cloud"])
+        raise SpecError(f"{label}{':' + str(line) if line else ''}: resources.cloud: must be one of {', '.join(clouds)} "
+                        f"(got {spec.resources.cloud!r})" + _close(spec.resources.cloud, repr(list(clouds))))
+    return spec
 
 
 def _describe(err: ValidationError, label: str, root) -> list[str]:

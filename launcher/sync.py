@@ -34,11 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from launcher.backends.base import BackendError, SyncResult
+from launcher.errors import BackendError
 from launcher.manifest import MANIFEST, sha256_file
 from launcher.storage import Store, StorageError, open_store
 
 STAGING = ".sync"  # rsync's staging folder inside TO; removed after a clean pass
+
+
+@dataclass
+class SyncResult:
+    copied: list[str]
+    skipped: int
+    checkpoints: list[str]  # complete, verified checkpoints now present locally
 
 
 class SyncError(BackendError):

@@ -6,7 +6,6 @@ so the CLI refuses an impossible request up front, with one line, before anythin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -15,46 +14,47 @@ from launcher.errors import BackendError
 if TYPE_CHECKING:
     from launcher.spec import JobSpec
     from launcher.state import Job
+    from launcher.sync import SyncResult
 
-# Things a backend may be unable to do; checked against the spec before submit.
+# Things a backend may be unable to do. A backend's `cannot` maps each to its own message, and
+# `Backend.check` is the one place that turns a request needing one into that message.
 CAPABILITIES = {
     "gpu": "GPUs (resources.accelerators like A100:1)",
     "tpu": "TPUs (resources.accelerators like tpu-v3-8)",
     "spot": "spot or preemptible machines (resources.spot)",
     "multi_node": "several nodes (resources.num_nodes > 1)",
     "docker": "running the job inside our Docker image",
-    "stop": "stopping a machine while keeping its disk (only tear-down)",
     "bucket": "mounting or uploading to a bucket (outputs.bucket)",
     "region": "choosing a region or zone",
 }
 
 
-@dataclass
-class SyncResult:
-    copied: list[str]
-    skipped: int
-    checkpoints: list[str]  # complete, verified checkpoints now present locally
+def wanted(spec: "JobSpec") -> dict[str, bool]:
+    """Which capabilities `spec` asks for."""
+    r = spec.resources
+    return {
+        "tpu": r.is_tpu,
+        "gpu": bool(r.accelerators) and not r.is_tpu,
+        "spot": r.spot,
+        "multi_node": r.num_nodes > 1,
+        "docker": r.docker,
+        "bucket": bool(spec.outputs.bucket),
+        "region": bool(r.region or r.zone),
+    }
 
 
 class Backend:
     name: ClassVar[str]
-    cannot: ClassVar[frozenset[str]] = frozenset()
+    summary: ClassVar[str] = ""  # one line for `launcher clouds`
+    # capability -> the message a user gets for asking this provider for it (CAPABILITIES)
+    cannot: ClassVar[dict[str, str]] = {}
 
     def check(self, spec: "JobSpec") -> None:
-        """Raise BackendError naming the first thing this backend cannot do for `spec`."""
-        r = spec.resources
-        wants = {
-            "tpu": r.is_tpu,
-            "gpu": bool(r.accelerators) and not r.is_tpu,
-            "spot": r.spot,
-            "multi_node": r.num_nodes > 1,
-            "docker": r.docker,
-            "bucket": bool(spec.outputs.bucket),
-            "region": bool(r.region or r.zone),
-        }
-        for cap, wanted in wants.items():
-            if wanted and cap in self.cannot:
-                raise BackendError(f"cloud {self.name} cannot do {CAPABILITIES[cap]}")
+        """Raise BackendError with this provider's message for the first thing it cannot do for `spec`.
+        Subclasses add their own checks after calling this; none skips it."""
+        for cap, asked in wanted(spec).items():
+            if asked and cap in self.cannot:
+                raise BackendError(self.cannot[cap])
 
     def dry_run(self, spec: "JobSpec", job_file: Path) -> str:
         """What submit would run, secrets masked, and whether it validates; launches nothing."""
@@ -86,14 +86,7 @@ class Backend:
 
 
 def get_backend(cloud: str) -> Backend:
-    """The backend for a cloud name; imports only that backend's module."""
-    import importlib
+    """The registered backend of a cloud name (launcher.backends)."""
+    from launcher.backends import get_backend as registered
 
-    module = {"lambda": "lambda_"}.get(cloud, cloud)
-    try:
-        mod = importlib.import_module(f"launcher.backends.{module}")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("launcher.backends"):
-            raise BackendError(f"unknown cloud {cloud!r}") from None
-        raise BackendError(f"cloud {cloud} needs the cloud extra: pip install 'llm-launcher[cloud]' ({e.name} is missing)") from None
-    return mod.BACKEND
+    return registered(cloud)

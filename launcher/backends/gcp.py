@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 
+from launcher.backends import register
 from launcher.backends.base import BackendError
 from launcher.backends.sky import SkyBackend
 
 
+@register
 class GCPBackend(SkyBackend):
     name = "gcp"
+    summary = "Google Cloud TPU VMs (TPU Research Cloud grants included)"
     infra = "gcp"
-    cannot = frozenset({"gpu", "stop"})
+    cannot = {"gpu": "cloud gcp is for TPU VMs here: give a TPU type (--tpu v3-8), or rent GPUs with --cloud lambda, runpod or aws"}
 
     def check(self, spec) -> None:
         super().check(spec)
@@ -56,6 +59,3 @@ def tpu_offered(accelerator: str, zone: str, *, project: str | None, client=None
         raise BackendError(f"TPU {accelerator} is not offered in zone {zone} for project {project}"
                            + (f" (offered there: {', '.join(offered)})" if offered else "")
                            + "; pick the zone of your quota with --zone")
-
-
-BACKEND = GCPBackend()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from launcher import state
+from launcher.backends import register
 from launcher.backends.base import Backend, BackendError
 from launcher.errors import EXIT_STOPPED
 from launcher.spec import write_resolved
@@ -45,9 +46,16 @@ def entry_command(job_yaml: Path, out: Path, base_dir: Path) -> list[str]:
     return [sys.executable, "-m", "trainers.entry", str(job_yaml), "--out", str(out), "--base-dir", str(base_dir)]
 
 
+@register
 class LocalBackend(Backend):
     name = "local"
-    cannot = frozenset({"tpu", "spot", "multi_node", "region", "stop"})
+    summary = "this machine, no cloud account (--docker: inside the GPU image)"
+    cannot = {
+        "tpu": "cloud local has no TPU; TPUs are on Google Cloud: --tpu v3-8 --zone europe-west4-a",
+        "spot": "cloud local cannot do spot machines: this machine is yours; drop --spot, or use --cloud aws --spot",
+        "multi_node": "cloud local is one machine: resources.num_nodes must be 1 (several nodes: --cloud aws or slurm)",
+        "region": "cloud local cannot choose a region or zone: drop --region/--zone",
+    }
 
     def _docker(self):
         from launcher.backends.local_docker import BACKEND
@@ -152,9 +160,6 @@ class LocalBackend(Backend):
             os.killpg(job.pid, signal.SIGKILL)
             return state.update(job.id, state="STOPPED", ended=time.time(), exit_code=-9)
         return self.status(state.get(job.id))
-
-
-BACKEND = LocalBackend()
 
 
 def supervise(job_id: str) -> int:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from launcher import state
-from launcher.backends.base import Backend, BackendError, SyncResult
+from launcher.backends.base import Backend, BackendError
+from launcher.sync import SyncResult
 from launcher.errors import EXIT_STOPPED
 from launcher.spec import write_resolved
 
@@ -84,18 +85,17 @@ def _environment(spec) -> dict[str, str]:
 
 
 class LocalDockerBackend(Backend):
-    name = "local"
-    cannot = frozenset({"tpu", "spot", "multi_node", "region", "stop", "bucket"})
+    """Not a cloud of its own (so not registered): `cloud: local` with `resources.docker` set."""
 
-    def check(self, spec) -> None:
-        r = spec.resources
-        if r.is_tpu:
-            raise BackendError("cloud local --docker runs the GPU image; TPU jobs run on cloud gcp")
-        for cap, wanted in (("spot", r.spot), ("multi_node", r.num_nodes > 1), ("region", bool(r.region or r.zone))):
-            if wanted:
-                from launcher.backends.base import CAPABILITIES
-
-                raise BackendError(f"cloud local --docker cannot do {CAPABILITIES[cap]}")
+    name = "local-docker"
+    cannot = {
+        "tpu": "cloud local --docker runs the GPU image; TPU jobs run on Google Cloud: --tpu v3-8",
+        "spot": "cloud local --docker cannot do spot machines: drop --spot",
+        "multi_node": "cloud local --docker is one machine: resources.num_nodes must be 1",
+        "region": "cloud local --docker cannot choose a region or zone: drop --region/--zone",
+        "bucket": "cloud local --docker writes checkpoints to the run folder on this machine and uploads to no bucket: "
+                  "drop outputs.bucket",
+    }
 
     def _plan(self, job_or_none, spec, job_file: Path):
         base = job_file.resolve().parent

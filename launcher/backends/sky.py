@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import yaml
 
-from launcher.backends.base import Backend, BackendError, SyncResult
+from launcher.backends.base import Backend, BackendError
+from launcher.sync import SyncResult
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec
@@ -57,6 +58,7 @@ class SkyBackend(Backend):
     name: ClassVar[str]
     infra: ClassVar[str]  # SkyPilot's name for the cloud
     uses_image: ClassVar[bool] = True  # Slurm has no container: the entry runs on the node
+    needs_accelerators: ClassVar[bool] = True  # a rented machine without a GPU/TPU is a mistake that bills
 
     # -- rendering ---------------------------------------------------------------------------
     def secret_values(self, spec: "JobSpec") -> dict[str, str]:
@@ -130,10 +132,12 @@ class SkyBackend(Backend):
         super().check(spec)
         if spec.resources.cloud != self.name:
             raise BackendError(f"resources.cloud is {spec.resources.cloud}, not {self.name}")
+        if spec.resources.docker:
+            raise BackendError("resources.docker: only for cloud local; cloud jobs always run in the image")
         if spec.resources.spot and not spec.outputs.bucket:
             raise BackendError("resources.spot: a preempted job is relaunched on a new machine and resumes from "
                                "the checkpoints in its bucket; set outputs.bucket (s3://... or gs://...)")
-        if not spec.resources.accelerators and self.name not in ("slurm",):
+        if not spec.resources.accelerators and self.needs_accelerators:
             raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. --gpus A100:1")
 
     def check_travels(self, spec: "JobSpec", job_file: Path) -> None:

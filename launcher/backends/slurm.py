@@ -10,14 +10,23 @@ so the run folder is found there when syncing over the ssh alias.
 """
 import os
 
+from launcher.backends import register
 from launcher.backends.sky import SkyBackend
 
 
+@register
 class SlurmBackend(SkyBackend):
     name = "slurm"
+    summary = "your own Slurm cluster, no container"
     infra = "slurm"
-    cannot = frozenset({"tpu", "spot", "docker", "stop", "bucket"})
+    cannot = {
+        "tpu": "a Slurm cluster has no TPUs here; TPUs are on Google Cloud: --tpu v3-8",
+        "spot": "Slurm has no spot machines; drop --spot",
+        "docker": "plain Slurm runs no containers (that needs the Pyxis plugin): the job runs with $LAUNCHER_NODE_PYTHON on the node",
+        "bucket": "Slurm jobs here do not upload to a bucket: drop outputs.bucket; checkpoints come home by `launcher sync` (rsync)",
+    }
     uses_image = False
+    needs_accelerators = False  # a Slurm partition may be CPU-only, and the cluster knows what it has
     optimize_offline = False  # the "catalog" is the live cluster, which `sky launch` asks itself
 
     def node_python(self) -> str:
@@ -26,6 +35,3 @@ class SlurmBackend(SkyBackend):
     def remote_run_dir(self, job) -> str:
         # the ssh alias lands in the login user's real home; the task's HOME is the cluster's dir
         return f".sky_clusters/{job.cluster}-*/sky_workdir/{job.extra.get('node_out', '.launcher-out')}"
-
-
-BACKEND = SlurmBackend()

@@ -62,7 +62,7 @@ def test_dry_run_shows_overrides_and_masks_secrets(tmp_path, monkeypatch):
     (["submit", "{wrongtype}", "--dry-run"], "train.max_steps"),
     (["submit", "{quick}", "--dry-run", "--set", "train.learning_rate=-0.1"], "train.learning_rate: must be > 0"),
     (["submit", "{quick}", "--dry-run", "--cloud", "lamda"], "did you mean lambda"),
-    (["submit", "{quick}", "--dry-run", "--tpu", "v3-8", "--cloud", "lambda"], "TPUs are only on Google Cloud"),
+    (["submit", "{quick}", "--dry-run", "--tpu", "v3-8", "--cloud", "lambda"], "Lambda has no TPUs; TPUs are on Google Cloud"),
     (["submit", "{quick}", "--dry-run", "--spot"], "cloud local cannot do spot"),
     (["logs", "no-such-job"], "no job 'no-such-job'"),
     (["status", "no-such-job"], "no job 'no-such-job'"),
