@@ -148,6 +148,19 @@ class JobSpec(_Section):
         p = Path(self.outputs.dir.format(name=self.name)).expanduser()
         return p if p.is_absolute() or base is None else base / p
 
+    def local_inputs(self, base: Path) -> list[tuple[str, str, Path]]:
+        """(field, value as written, resolved path) of every file or folder on this machine the job
+        reads: data sources (a glob's fixed folder: data/*.jsonl -> data), and a model or tokenizer
+        given as a path. Hub ids and `package:` models are not paths."""
+        named = [(f"data.sources[{i}].path", s.path) for i, s in enumerate(self.data.sources) if s.path]
+        named += [(f, v) for f, v in (("model", self.model), ("tokenizer", self.tokenizer))
+                  if v and not v.startswith("package:") and (v.startswith((".", "/", "~")) or (base / v).exists())]
+        out = []
+        for field, value in named:
+            fixed = re.split(r"[*?\[]", value, maxsplit=1)[0]
+            out.append((field, value, (base / Path(fixed).expanduser()).resolve()))
+        return out
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 

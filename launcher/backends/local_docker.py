@@ -55,19 +55,8 @@ def _container(client, job):
 def _mounts(spec, out: Path, base: Path) -> dict[str, dict]:
     """Host folders the job reads or writes, each mounted at the same path in the container."""
     ro: set[Path] = {base}
-    for src in spec.data.sources:
-        p = Path(src.path).expanduser()
-        p = p if p.is_absolute() else base / p
-        # A glob's fixed part is the folder to mount: data/*.jsonl -> data/
-        fixed = Path(p.as_posix().split("*")[0].split("?")[0].split("[")[0])
-        ro.add(fixed if fixed.is_dir() else fixed.parent)
-    model = Path(spec.model).expanduser()
-    if not spec.model.startswith("package:") and (model.exists() or (base / model).exists()):
-        m = model if model.is_absolute() else base / model
-        ro.add(m if m.is_dir() else m.parent)
-    if spec.tokenizer and (base / Path(spec.tokenizer).expanduser()).exists():
-        t = base / Path(spec.tokenizer).expanduser()
-        ro.add(t if t.is_dir() else t.parent)
+    for _field, _value, p in spec.local_inputs(base):
+        ro.add(p if p.is_dir() else p.parent)
     volumes = {str(p.resolve()): {"bind": str(p.resolve()), "mode": "ro"} for p in ro if p.exists()}
     volumes[str(out.resolve())] = {"bind": str(out.resolve()), "mode": "rw"}
     return volumes

@@ -144,12 +144,7 @@ class SkyBackend(Backend):
         """Local data and model paths must lie in the job file's folder: that folder (the task's
         workdir) is all that is uploaded, and a path outside it would fail only on the paid machine."""
         base = job_file.resolve().parent
-        named = [(f"data.sources[{i}].path", s.path) for i, s in enumerate(spec.data.sources) if s.path]
-        named += [(f, v) for f, v in (("model", spec.model), ("tokenizer", spec.tokenizer))
-                  if v and not v.startswith("package:") and (v.startswith((".", "/", "~")) or (base / v).exists())]
-        for field, value in named:
-            fixed = value.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]  # a glob's folder part
-            path = (base / Path(fixed).expanduser()).resolve()
+        for field, value, path in spec.local_inputs(base):
             if path != base and base not in path.parents:
                 raise BackendError(f"{field}: {value} is outside {base}, the job file's folder, which is all that "
                                    f"travels to the {self.name} machine; move it into that folder")
