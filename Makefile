@@ -6,7 +6,7 @@ VENV := .venv
 CLOUD := .venv-cloud
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: demo test test-train test-cloud venv cloud-venv clean
+.PHONY: demo check test test-train test-cloud venv cloud-venv clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -37,11 +37,20 @@ test: venv cloud-venv
 	bash .ci/system-deps.sh
 	bash .ci/test.sh
 
+## The fast tier, first in CI: a linter for real bugs, and every test that needs no service, no
+## Docker, no cluster and no real training run (about a minute).
+FAST := not slow and not docker and not slurm and not cloud and not distributed
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "$(FAST)" tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu
+
+## The same groups as CI, each folder of the cloud side in its own process (.ci/test.sh says why).
 test-train: venv
-	$(VENV)/bin/python -m pytest tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu
+	bash .ci/test.sh train
 
 test-cloud: cloud-venv
-	$(CLOUD)/bin/python -m pytest tests/cloud tests/sync tests/images
+	bash .ci/system-deps.sh
+	bash .ci/test.sh sync cloud images
 
 clean:
 	rm -rf $(VENV) $(CLOUD) .cache runs

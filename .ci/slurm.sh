@@ -24,7 +24,7 @@
 #
 # Environment knobs (all optional):
 #   BASE=/tmp/local-slurm   state dir (sshd config/keys, pid files, venv)
-#   SKY_CLIENT_HOME=$BASE/home HOME used by the SkyPilot client (smoke.sh exports it)
+#   SKY_CLIENT_HOME=$BASE/home HOME used by the SkyPilot client (tests/cloud/test_slurm_e2e.py sets it)
 #   SLURM_USER=skytest  SSH_PORT=2222  SLURM_CLUSTER=localcluster
 #   NODE_CPUS=8 NODE_MEM_MB=16384  advertised node size (over-subscribes the VM on
 #                                 purpose so several 2-CPU SkyPilot clusters fit)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole suite in its two environments (see the Makefile) and prints one total line.
+# Runs the whole suite (or the groups named) in its two environments (see the Makefile) and prints one total line.
 # Services (Docker engine, local registry, Slurm, sshd, S3 and GCS servers) are started by the
 # tests' own fixtures on 127.0.0.1 and stopped after. tests/cloud changes HOME and SkyPilot's
 # runtime folder for its whole process, so each cloud-side folder gets its own pytest process.
@@ -18,10 +18,17 @@ run() { # run NAME PYTHON PATHS...
   "$py" -m pytest -q -p no:cacheprovider --junitxml="$reports/$name.xml" "$@" || rc=1
   echo "=== $name took $((SECONDS - t0))s"
 }
-run train .venv/bin/python tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu
-run sync .venv-cloud/bin/python tests/sync
-run cloud .venv-cloud/bin/python tests/cloud
-run images .venv-cloud/bin/python tests/images
+# The groups, in the order they run; `.ci/test.sh GROUP...` runs only those (make test-train, test-cloud).
+groups=("$@"); [ ${#groups[@]} -gt 0 ] || groups=(train sync cloud images)
+for g in "${groups[@]}"; do
+  case $g in
+    train)  run train .venv/bin/python tests/launcher tests/dataprep tests/trainers_gpu tests/trainers_tpu ;;
+    sync)   run sync .venv-cloud/bin/python tests/sync ;;
+    cloud)  run cloud .venv-cloud/bin/python tests/cloud ;;
+    images) run images .venv-cloud/bin/python tests/images ;;
+    *) echo "unknown test group $g (train, sync, cloud, images)" >&2; exit 2 ;;
+  esac
+done
 .venv/bin/python - "$reports" <<'PY'
 import sys
 import xml.etree.ElementTree as ET

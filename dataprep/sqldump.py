@@ -175,98 +175,120 @@ def read_sql_dump(path: Path, table: str | None, encoding: str, bad: Callable) -
     if not head.strip():
         bad(f"{path}:1", "empty file")
         return
-    dialect = _dialect(head)
-    want = _bare(table) if table else None
-    columns: dict[str, list[str]] = {}
-    seen_tables: list[str] = []
-    state: dict = {}
-    copy_cols: list[str] = []
-    copy_table = ""
-    copy_start = 0
-    nrow = 0
-    for n, stmt in _statements(path, _lines(path, encoding, bad), dialect, bad, state):
-        if state.get("copy"):
-            line = stmt.rstrip("\n")
-            if line == "\\.":
-                state["copy"] = False
-                continue
-            if copy_table != want:
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(copy_cols):
-                bad(f"{path}:{n}", f"COPY row has {len(fields)} fields, table {copy_table} has {len(copy_cols)}", line)
-                continue
-            nrow += 1
-            yield f"{path}:{n} ({copy_table} row {nrow})", dict(zip(copy_cols, map(_copy_unescape, fields)))
-            continue
+    dump = _Dump(path, table, _dialect(head), bad)
+    for n, stmt in _statements(path, _lines(path, encoding, bad), dump.dialect, bad, dump.state):
+        yield from dump.statement(n, stmt)
+    dump.finish()
+
+
+class _Dump:
+    """What reading one dump has learned so far: table columns, which table is wanted, an open COPY."""
+
+    def __init__(self, path: Path, table: str | None, dialect: str, bad: Callable):
+        self.path, self.table, self.dialect, self.bad = path, table, dialect, bad
+        self.want = _bare(table) if table else None
+        self.columns: dict[str, list[str]] = {}
+        self.seen_tables: list[str] = []
+        self.state: dict = {}  # shared with _statements: inside a COPY block, truncation, last line
+        self.copy_cols: list[str] = []
+        self.copy_table = ""
+        self.copy_start = 0
+        self.nrow = 0
+
+    def statement(self, n: int, stmt: str) -> Iterator[tuple[str, dict]]:
+        if self.state.get("copy"):
+            yield from self._copy_line(n, stmt.rstrip("\n"))
+            return
         head_word = stmt[:12].upper()
         if head_word.startswith("CREATE TABLE"):
-            try:
-                ct = sqlglot.parse_one(stmt, read=dialect)
-                name = _bare(ct.this.this.name)
-                columns[name] = [c.name for c in ct.this.expressions if isinstance(c, exp.ColumnDef)]
-            except Exception:  # a CREATE TABLE sqlglot cannot read only matters if we need its columns
-                pass
-            continue
-        m = _COPY.match(stmt)
-        if m:
-            name = _bare(m.group(1))
-            state["copy"] = True
-            copy_start = n
-            copy_cols = [_bare(c.strip()) for c in m.group(2).split(",")]
-            if want is None:
-                want = name
-            copy_table = name
-            if name not in seen_tables:
-                seen_tables.append(name)
-            continue
-        if not head_word.startswith("INSERT"):
-            continue
+            self._create_table(stmt)
+        elif m := _COPY.match(stmt):
+            self._copy_header(n, m)
+        elif head_word.startswith("INSERT"):
+            yield from self._insert(n, stmt)
+
+    def _seen(self, name: str) -> None:
+        if name not in self.seen_tables:
+            self.seen_tables.append(name)
+        if self.want is None:
+            self.want = name
+
+    def _create_table(self, stmt: str) -> None:
         try:
-            ins = sqlglot.parse_one(stmt, read=dialect)
+            ct = sqlglot.parse_one(stmt, read=self.dialect)
+            name = _bare(ct.this.this.name)
+            self.columns[name] = [c.name for c in ct.this.expressions if isinstance(c, exp.ColumnDef)]
+        except Exception:  # a CREATE TABLE sqlglot cannot read only matters if we need its columns
+            pass
+
+    def _copy_header(self, n: int, m: re.Match) -> None:
+        name = _bare(m.group(1))
+        self.state["copy"] = True
+        self.copy_start = n
+        self.copy_cols = [_bare(c.strip()) for c in m.group(2).split(",")]
+        self.copy_table = name
+        self._seen(name)
+
+    def _copy_line(self, n: int, line: str) -> Iterator[tuple[str, dict]]:
+        if line == "\\.":
+            self.state["copy"] = False
+            return
+        if self.copy_table != self.want:
+            return
+        fields = line.split("\t")
+        if len(fields) != len(self.copy_cols):
+            self.bad(f"{self.path}:{n}", f"COPY row has {len(fields)} fields, table {self.copy_table} has "
+                     f"{len(self.copy_cols)}", line)
+            return
+        self.nrow += 1
+        yield f"{self.path}:{n} ({self.copy_table} row {self.nrow})", dict(zip(self.copy_cols, map(_copy_unescape, fields)))
+
+    def _insert(self, n: int, stmt: str) -> Iterator[tuple[str, dict]]:
+        try:
+            ins = sqlglot.parse_one(stmt, read=self.dialect)
         except Exception as e:
-            bad(f"{path}:{n}", f"cannot parse INSERT: {str(e).splitlines()[0][:120]}", stmt[:200])
-            continue
-        target = ins.this
-        names = None
+            self.bad(f"{self.path}:{n}", f"cannot parse INSERT: {str(e).splitlines()[0][:120]}", stmt[:200])
+            return
+        target, names = ins.this, None
         if isinstance(target, exp.Schema):
             names = [_bare(c.name) for c in target.expressions]
             target = target.this
         name = _bare(target.name)
-        if name not in seen_tables:
-            seen_tables.append(name)
-        if want is None:
-            want = name
-        if name != want:
-            continue
-        names = names or columns.get(name)
+        self._seen(name)
+        if name != self.want:
+            return
+        names = names or self.columns.get(name)
         values = ins.expression
         if not isinstance(values, exp.Values) or names is None:
-            bad(f"{path}:{n}", f"INSERT into {name} without a VALUES list or a known column list", stmt[:200])
-            continue
+            self.bad(f"{self.path}:{n}", f"INSERT into {name} without a VALUES list or a known column list", stmt[:200])
+            return
         for tup in values.expressions:
-            nrow += 1
-            where = f"{path}:{n} ({name} row {nrow})"
+            self.nrow += 1
+            where = f"{self.path}:{n} ({name} row {self.nrow})"
             try:
                 vals = [_value(v) for v in tup.expressions]
             except ValueError as e:
-                bad(where, str(e), tup.sql()[:200])
+                self.bad(where, str(e), tup.sql()[:200])
                 continue
             if len(vals) != len(names):
-                bad(where, f"row has {len(vals)} values, table {name} has {len(names)} columns", tup.sql()[:200])
+                self.bad(where, f"row has {len(vals)} values, table {name} has {len(names)} columns", tup.sql()[:200])
                 continue
             yield where, dict(zip(names, vals))
-    if state.get("copy"):
-        bad(f"{path}:{copy_start}", "truncated SQL dump: COPY data never ends with a \\. line")
-        return
-    if not table and len(seen_tables) > 1:
-        raise DataError(f"{path}: several tables have rows ({', '.join(seen_tables)}); set table: in the source")
-    if table and want not in seen_tables:
-        bad(f"{path}:1", f"no rows for table {table!r} (tables with rows: {', '.join(seen_tables) or 'none'})")
-        return
-    footer = _FOOTERS.get(dialect)
-    if footer and not state.get("truncated") and footer not in _tail(path):
-        bad(f"{path}:{state.get('last_line', 0)}", f"truncated SQL dump: no '{footer}' line at the end")
+
+    def finish(self) -> None:
+        """The checks only the end of the file can make: an open COPY, the table asked for, a footer."""
+        path = self.path
+        if self.state.get("copy"):
+            self.bad(f"{path}:{self.copy_start}", "truncated SQL dump: COPY data never ends with a \\. line")
+            return
+        if not self.table and len(self.seen_tables) > 1:
+            raise DataError(f"{path}: several tables have rows ({', '.join(self.seen_tables)}); set table: in the source")
+        if self.table and self.want not in self.seen_tables:
+            self.bad(f"{path}:1", f"no rows for table {self.table!r} (tables with rows: {', '.join(self.seen_tables) or 'none'})")
+            return
+        footer = _FOOTERS.get(self.dialect)
+        if footer and not self.state.get("truncated") and footer not in _tail(path):
+            self.bad(f"{path}:{self.state.get('last_line', 0)}", f"truncated SQL dump: no '{footer}' line at the end")
 
 
 def _tail(path: Path, size: int = 4096) -> str:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from launcher.backends.base import BackendError, get_backend
-from launcher.spec import SpecError, load_spec
+from launcher.spec import load_spec
 
 SECRET = "s3cr3t-value-never-in-a-file-4242"
 
