@@ -36,9 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # What goes into each image: these files and folders of the repository, nothing else.
 IMAGE_FILES = {
-    "gpu": ["images/gpu/Dockerfile", "images/gpu/requirements.txt", "images/gpu/models.txt",
+    "gpu": ["images/gpu/Dockerfile", "images/gpu/requirements.txt", "images/gpu/models.txt", "images/python-env.sh",
             "pyproject.toml", "README.md", "launcher", "dataprep", "trainers"],
-    "tpu": ["images/tpu/Dockerfile", "images/tpu/requirements.txt",
+    "tpu": ["images/tpu/Dockerfile", "images/tpu/requirements.txt", "images/python-env.sh",
             "pyproject.toml", "README.md", "launcher", "dataprep", "trainers"],
 }
 SKIP = {"__pycache__", ".pytest_cache", ".mypy_cache"}

@@ -67,6 +67,6 @@ def test_dockerfiles_rely_on_no_entrypoint_and_take_base_as_argument():
         assert lines[0].startswith("ARG BASE=") and lines[1] == "FROM ${BASE}"
         assert not any(ln.startswith(("ENTRYPOINT", "CMD")) for ln in lines)
         # Dependencies before code: the first COPY of our code comes after the last pinned install.
-        first_code = next(i for i, ln in enumerate(lines) if ln.startswith("COPY launcher"))
+        first_code = next(i for i, ln in enumerate(lines) if ln.startswith("COPY . "))
         last_pins = max(i for i, ln in enumerate(lines) if "requirements.txt" in ln)
         assert last_pins < first_code
