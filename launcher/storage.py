@@ -112,27 +112,37 @@ class LocalStore(Store):
         (self.root / rel).unlink(missing_ok=True)
 
 
-class S3Store(Store):
+class _BucketStore(Store):
+    """A bucket and a key prefix; the client is made on first use (its import is heavy, and its
+    credentials are read then, not cached from an earlier call)."""
+
     def __init__(self, url: str, bucket: str, prefix: str):
-        self.url, self.bucket, self.prefix = str(url), bucket, prefix
+        self.url, self.bucket_name, self.prefix = str(url), bucket, prefix
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
-            try:
-                import boto3
-            except ImportError:
-                raise StorageError(f"{self.url}: S3 needs boto3 (pip install boto3)") from None
-            # Recent boto3 reads AWS_ENDPOINT_URL itself; passing it keeps older releases (and
-            # images pinned to them) pointed at the same server.
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-            # A session of its own: credentials are read now, not cached from an earlier call.
-            self._client = boto3.session.Session().client("s3", endpoint_url=endpoint)
+            self._client = self._connect()
         return self._client
+
+    def _connect(self):
+        raise NotImplementedError
 
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
+
+
+class S3Store(_BucketStore):
+    def _connect(self):
+        try:
+            import boto3
+        except ImportError:
+            raise StorageError(f"{self.url}: S3 needs boto3 (pip install boto3)") from None
+        # Recent boto3 reads AWS_ENDPOINT_URL itself; passing it keeps older releases (and
+        # images pinned to them) pointed at the same server.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        return boto3.session.Session().client("s3", endpoint_url=endpoint)
 
     def _error(self, e: Exception, rel: str = "") -> Exception:
         """Turn botocore's exceptions into one line the user can act on."""
@@ -142,7 +152,7 @@ class S3Store(Store):
         if code in ("NoSuchKey", "404", "NotFound"):
             return FileNotFoundError(where)
         if code == "NoSuchBucket":
-            return StorageError(f"{where}: bucket {self.bucket} does not exist")
+            return StorageError(f"{where}: bucket {self.bucket_name} does not exist")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StorageError(f"{where}: access denied ({code}); check the AWS credentials")
         if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -155,7 +165,7 @@ class S3Store(Store):
         out = {}
         base = self.prefix + "/" if self.prefix else ""
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket_name, Prefix=base):
                 for obj in page.get("Contents", []):
                     out[obj["Key"][len(base):]] = obj["Size"]
         except Exception as e:
@@ -165,7 +175,7 @@ class S3Store(Store):
     def read_chunks(self, rel: str, start: int = 0) -> Iterator[bytes]:
         kw = {"Range": f"bytes={start}-"} if start else {}
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(rel), **kw)["Body"]
+            body = self.client.get_object(Bucket=self.bucket_name, Key=self._key(rel), **kw)["Body"]
         except Exception as e:
             if start and getattr(e, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
                 return  # the partial copy already holds every byte
@@ -179,41 +189,35 @@ class S3Store(Store):
 
     def upload(self, path: Path, rel: str) -> None:
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(rel))  # multipart when large
+            self.client.upload_file(str(path), self.bucket_name, self._key(rel))  # multipart when large
         except Exception as e:
             raise self._error(e, rel) from None
 
     def delete(self, rel: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
+            self.client.delete_object(Bucket=self.bucket_name, Key=self._key(rel))
         except Exception as e:
             err = self._error(e, rel)
             if not isinstance(err, FileNotFoundError):
                 raise err from None
 
 
-class GCSStore(Store):
-    def __init__(self, url: str, bucket: str, prefix: str):
-        self.url, self.bucket_name, self.prefix = str(url), bucket, prefix
-        self._bucket = None
+class GCSStore(_BucketStore):
+    def _connect(self):
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise StorageError(f"{self.url}: GCS needs google-cloud-storage (pip install google-cloud-storage)") from None
+        try:
+            client = storage.Client()
+        except Exception:  # google.auth.exceptions.DefaultCredentialsError and friends
+            raise StorageError(f"{self.url}: no Google Cloud credentials (run `gcloud auth application-default "
+                               f"login` or set GOOGLE_APPLICATION_CREDENTIALS)") from None
+        return client.bucket(self.bucket_name)
 
     @property
-    def bucket(self):
-        if self._bucket is None:
-            try:
-                from google.cloud import storage
-            except ImportError:
-                raise StorageError(f"{self.url}: GCS needs google-cloud-storage (pip install google-cloud-storage)") from None
-            try:
-                client = storage.Client()
-            except Exception:  # google.auth.exceptions.DefaultCredentialsError and friends
-                raise StorageError(f"{self.url}: no Google Cloud credentials (run `gcloud auth application-default "
-                                   f"login` or set GOOGLE_APPLICATION_CREDENTIALS)") from None
-            self._bucket = client.bucket(self.bucket_name)
-        return self._bucket
-
-    def _key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
+    def bucket(self):  # the google-cloud-storage Bucket object
+        return self.client
 
     def _error(self, e: Exception, rel: str = "") -> Exception:
         where = join(self.url, rel) if rel else self.url
