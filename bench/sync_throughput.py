@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,21 +45,12 @@ def main() -> None:
     (run / "trainer_state.json").write_text("{}")
     write_manifest(run)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    server = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from services import moto_server
+
+    with moto_server() as url:
+        os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="bench",
                           AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         import boto3
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="bench")
@@ -77,9 +66,6 @@ def main() -> None:
         base_s3 = timed(plain_s3)
         ours_s3 = timed(lambda: sync_bucket("s3://bench/job", work / "ours-s3", progress=False))
         noop_s3 = timed(lambda: sync_bucket("s3://bench/job", work / "ours-s3", progress=False))
-    finally:
-        server.terminate()
-        server.wait()
 
     base_local = timed(lambda: shutil.copytree(work / "run", work / "plain-local"))
     ours_local = timed(lambda: sync_local(work / "run", work / "ours-local", progress=False))

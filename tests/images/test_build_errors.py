@@ -63,23 +63,13 @@ def test_never_built_is_reported():
 @pytest.fixture
 def ecr(monkeypatch):
     """Amazon ECR's API on loopback (moto in server mode), with throwaway credentials."""
-    import socket
-    import subprocess
-    import sys
-    import time
+    from services import moto_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = str(Path(sys.executable).parent / "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
+    with moto_server() as url:
+        yield from _aws_env(url, monkeypatch)
+
+
+def _aws_env(url, monkeypatch):
     for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(k, v)
@@ -87,8 +77,6 @@ def ecr(monkeypatch):
     import boto3
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches the credentials it found first
     yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_ecr_login_comes_from_boto3_and_creates_the_repository(ecr):

@@ -13,46 +13,17 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from launcher.manifest import write_manifest
+from services import free_port, gcs_server as gcs_server_, moto_server, stop, wait_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def need(path: Path | str | None, what: str) -> str:
@@ -83,13 +54,8 @@ def ckpt():
 
 @pytest.fixture(scope="session")
 def s3_server():
-    exe = need(shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server"), "moto_server (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_port(port, proc, "moto_server")
-    yield f"http://127.0.0.1:{port}"
-    stop(proc)
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
@@ -111,14 +77,8 @@ def s3(s3_server, monkeypatch):
 
 @pytest.fixture(scope="session")
 def gcs_server():
-    exe = need(shutil.which("gcp-storage-emulator", path=str(BIN)) or shutil.which("gcp-storage-emulator"),
-               "gcp-storage-emulator (pip install gcp-storage-emulator)")
-    port = free_port()
-    proc = subprocess.Popen([exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, proc, "gcp-storage-emulator")
-    yield f"http://127.0.0.1:{port}"
-    stop(proc)
+    with gcs_server_() as url:
+        yield url
 
 
 @pytest.fixture
