@@ -300,7 +300,7 @@ def status(job_id, show_all):
         if j.state == "FAILED" and j.reason:
             notes.append(f"{j.id} failed: {j.reason}")
         elif j.extra.get("orphaned") and not j.done:
-            notes.append(f"{j.id}: its supervisor was killed but its trainer still runs; "
+            notes.append(f"{j.id}: its supervisor was killed but its processes (data prep or trainer) still run; "
                          f"`launcher down {j.id}` stops it")
         cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("$0" if j.cloud == "local" else "?")
         table.add_row(j.id, j.cloud + (f" ({j.cluster})" if j.cluster else ""), j.accelerators or "-", j.state,

@@ -155,4 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A stop that arrives now (the supervisor passing on a group's SIGTERM late) would find Python's
+    # default handlers back during shutdown and turn this exit code into "killed by SIGTERM".
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    sys.exit(code)

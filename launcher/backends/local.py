@@ -358,6 +358,8 @@ def supervise(job_id: str) -> int:
                 state.transition(job_id, "TRAINING")
         except OSError:
             pass
+    if stop_requested and code == -signal.SIGTERM:
+        code = EXIT_STOPPED  # it ended on the stop it was asked for
     final, extra = _final(code, out, log)
     fresh = state.get(job_id)
     job = state.transition(job_id, final, exit_code=code, extra={**fresh.extra, **extra})
