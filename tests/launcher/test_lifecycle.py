@@ -357,3 +357,123 @@ def test_simultaneous_submits_to_one_folder_start_exactly_one(held_prep):
         stop.set()
         watcher.join()
     assert not seen_failed, seen_failed
+
+
+# -- real training: a full disk, a stale stop marker ---------------------------------------------
+
+FAST = ["--set", "data.max_length=64", "--set", "data.cluster.enabled=false", "--set", "train.do_eval=false",
+        "--set", "train.sample_prompts=0", "--set", "train.warmup_steps=0", "--set", "train.eval_steps=1000"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays_trusted(tmp_path):
+    """A LoRA checkpoint of SmolLM2-135M is about 60 MB: on a 100 MB disk the first fits, the
+    second does not. The folder also holds a stop marker from an earlier run, which must not turn
+    this run's failure into STOPPED."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "run"
+        out.mkdir()
+        (out / "stopped.json").write_text('{"step": 7, "checkpoint": "checkpoints/checkpoint-7"}')  # as a stopped run leaves it
+        r = cli("submit", QUICKSTART, "--set", "name=full-disk", "--set", f"outputs.dir={out}", "--set", "train.max_steps=2",
+                "--set", "train.save_steps=1", "--set", "train.save_total_limit=2", *FAST, timeout=1200)
+        job = state.all_jobs()[-1]
+        log = (out / "logs" / "job.log").read_text()
+        assert job.state == "FAILED", (job, log[-3000:])
+        assert job.reason.startswith(f"no space left on device in {out}") and "MB free" in job.reason, job.reason
+        errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "no space left on device" in errors[0], log[-3000:]
+        assert "Traceback" not in log and "iostream error" not in log, log[-3000:]
+        assert manifest.latest_complete(out / "checkpoints") == out / "checkpoints" / "checkpoint-1"
+        assert [p.name for p in manifest.checkpoints(out / "checkpoints")] == ["checkpoint-1"]  # the torn one is gone
+        assert f"{job.id} failed: no space left on device" in cli("status").stdout
+        assert r.returncode != 0 and "FAILED (no space left on device" in r.stdout
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# -- fault injection: kills at random moments while checkpoints are written ------------------------
+
+def _saver(ckpt_dir: Path, last_step: int, report: Path) -> None:
+    """A child that resumes from the newest complete checkpoint, as the trainer does, and saves a
+    checkpoint at every step through the trainer's real callback (manifest last, then rotation).
+    Each file says which step wrote it."""
+    import random
+    from types import SimpleNamespace
+
+    from trainers.gpu.callbacks import CompleteCheckpoints
+    from trainers.gpu.train import agree_on_checkpoint
+
+    args = SimpleNamespace(output_dir=str(ckpt_dir), should_save=True, world_size=1)
+    resume = agree_on_checkpoint(ckpt_dir, args)
+    start = int(resume.name.split("-")[1]) if resume else 0
+    report.write_text(resume.name if resume else "none")
+    cb = CompleteCheckpoints(keep=2, extra_files={"wandb_run_id": "abc"})
+    rng = random.Random()
+    for step in range(start + 1, last_step + 1):
+        folder = ckpt_dir / f"checkpoint-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in rng.sample(["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"], 4):
+            with open(folder / name, "wb") as f:
+                f.write(f"step {step}\n".encode())
+                for _ in range(rng.randint(1, 16)):
+                    f.write(os.urandom(16384))
+        cb.on_save(args, SimpleNamespace(global_step=step, is_world_process_zero=True), None)
+
+
+def _verifying(ckpt_dir: Path) -> list[Path]:
+    return [p for p in manifest.checkpoints(ckpt_dir) if manifest.read_manifest(p) is not None and not manifest.verify(p)]
+
+
+@pytest.mark.slow
+def test_kills_at_random_moments_never_leave_a_mixed_checkpoint_and_resume_takes_the_newest(tmp_path):
+    import random
+
+    from trainers.gpu import callbacks  # noqa: F401  (imported once here; each child is a fork)
+
+    rng = random.Random(12)
+    ckpts, report, last_step = tmp_path / "checkpoints", tmp_path / "resumed-from", 10_000
+    pid = os.fork()
+    if pid == 0:  # a first complete checkpoint, as a run that got that far leaves it
+        try:
+            _saver(ckpts, 1, report)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    for trial in range(20):
+        newest = _verifying(ckpts)[-1:]  # what the next run must resume from
+        report.unlink(missing_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _saver(ckpts, last_step, report)
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.2, 1.5))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status), trial
+        if report.exists():
+            assert report.read_text() == (newest[0].name if newest else "none"), trial
+        good = _verifying(ckpts)
+        assert good, f"trial {trial}: no complete checkpoint left"
+        for ck in good:
+            step = ck.name.split("-")[1]
+            for f in ck.iterdir():
+                if f.name not in ("manifest.json", "wandb_run_id"):
+                    assert f.read_bytes().startswith(f"step {step}\n".encode()), (trial, f)
+    # The last run is left alone: it resumes from the newest complete checkpoint and finishes.
+    start = int(_verifying(ckpts)[-1].name.split("-")[1])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _saver(ckpts, start + 3, report)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert report.read_text() == f"checkpoint-{start}"
+    assert [p.name for p in _verifying(ckpts)][-1] == f"checkpoint-{start + 3}"
