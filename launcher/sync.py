@@ -391,7 +391,9 @@ def _read(p: Path) -> bytes | None:
 # -- shared pieces ----------------------------------------------------------------------------------
 
 def _join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    joined = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    # A local run folder's absolute path keeps its leading / (error messages name real paths).
+    return "/" + joined if parts and parts[0].startswith("/") else joined
 
 
 def _unit_paths(listing: dict[str, int]) -> list[str]:
