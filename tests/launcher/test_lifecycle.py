@@ -477,3 +477,12 @@ def test_kills_at_random_moments_never_leave_a_mixed_checkpoint_and_resume_takes
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert report.read_text() == f"checkpoint-{start}"
     assert [p.name for p in _verifying(ckpts)][-1] == f"checkpoint-{start + 3}"
+
+
+def test_a_missing_model_path_is_named_as_a_path_not_a_hub_id():
+    from launcher.models import ModelError, resolve_model
+
+    for ref in ("/nope/model", "./models/mine", "~/models/mine"):
+        with pytest.raises(ModelError, match=f"model {ref}: no such file or folder"):
+            resolve_model(ref)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
