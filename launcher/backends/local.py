@@ -65,11 +65,24 @@ def _group_alive(pgid: int | None) -> bool:
         return False
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    # killpg also counts zombies (a finished supervisor nobody has reaped yet): look closer.
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def python_module(module: str) -> list[str]:
@@ -130,8 +143,8 @@ def failure_reason(code: int, out: Path, log: Path | None) -> str:
             if not line or line.startswith("[launcher]") or line.startswith("[entry]"):
                 continue
             last = line
-            if line.startswith("error:") or "No space left" in line:
-                last_error = line
+            if line.startswith("error:") or "no space left" in line.lower():
+                last_error = line[line.find("error:"):] if "error:" in line else line
     if "no space left" in (last_error or "").lower():
         return last_error.removeprefix("error: ")
     full = disk_full_reason(out)
@@ -227,7 +240,7 @@ class LocalBackend(Backend):
         if fresh.done:
             return fresh
         if _group_alive(fresh.pid):
-            # The supervisor was killed but its trainer runs on (and still holds the folder).
+            # The supervisor was killed but data prep or the trainer runs on (and holds the folder).
             if not fresh.extra.get("orphaned"):
                 fresh = state.update(job.id, extra={**fresh.extra, "orphaned": True})
             return fresh
@@ -238,7 +251,7 @@ class LocalBackend(Backend):
             return state.transition(job.id, "SUCCEEDED", exit_code=0)
         why = "its supervisor process was killed (or the machine restarted)"
         if fresh.extra.get("orphaned"):
-            why = "its supervisor was killed, and its trainer has ended since"
+            why = "its supervisor was killed, and its data prep or trainer has ended since"
         return state.transition(job.id, "FAILED", extra={**fresh.extra, "error": why})
 
     def logs(self, job, *, follow=False):

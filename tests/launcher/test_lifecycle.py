@@ -362,7 +362,8 @@ def test_simultaneous_submits_to_one_folder_start_exactly_one(held_prep):
 # -- real training: a full disk, a stale stop marker ---------------------------------------------
 
 FAST = ["--set", "data.max_length=64", "--set", "data.cluster.enabled=false", "--set", "train.do_eval=false",
-        "--set", "train.sample_prompts=0", "--set", "train.warmup_steps=0", "--set", "train.eval_steps=1000"]
+        "--set", "train.sample_prompts=0", "--set", "train.warmup_steps=0", "--set", "train.eval_steps=1000",
+        "--set", "train.per_device_train_batch_size=1"]
 
 
 @pytest.mark.slow

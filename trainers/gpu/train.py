@@ -452,7 +452,8 @@ def _report_disk_full(out: Path) -> int:
     last = latest_complete(ckpts)
     keep = f"; the last complete checkpoint, {last.name}, is intact" if last else ""
     try:
-        print(f"error: no space left on device in {out} ({free}){keep}; free some space and run again to resume",
+        # On a line of its own: the save fails in the middle of a progress bar's line.
+        print(f"\nerror: no space left on device in {out} ({free}){keep}; free some space and run again to resume",
               file=sys.stderr, flush=True)
     except OSError:
         pass
