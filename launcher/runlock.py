@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def acquire(folder: str | Path, owner: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            # Some network and FUSE filesystems (a mounted bucket) have no locks: run unguarded
+            # rather than not at all, and say so.
+            print(f"warning: {folder} cannot be locked ({e.strerror}); nothing stops a second job from "
+                  "writing into it at the same time", file=sys.stderr, flush=True)
+            return fd
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             os.close(fd)
             raise
