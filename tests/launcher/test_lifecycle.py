@@ -285,6 +285,28 @@ def test_down_during_data_prep_is_stopped(held_prep):
     assert "STOPPED" in cli("status", job_id).stdout
 
 
+def test_a_stage_killed_by_a_signal_is_failed_with_that_reason(held_prep):
+    job_id = submitted_id(cli("submit", held_prep, "--detach"))
+    wait_for(lambda: _in_prep(job_id))
+    job = state.get(job_id)
+    def prep_pids():
+        found = []
+        for pid in _group(job.pid):
+            try:
+                if b"dataprep" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    prep = wait_for(prep_pids)
+    os.kill(prep[0], signal.SIGKILL)
+    job = wait_for(lambda: state.get(job_id).done and state.get(job_id))
+    assert job.state == "FAILED" and job.exit_code == 128 + 9
+    assert job.reason.startswith("killed by signal 9 (SIGKILL)"), job.reason
+    assert f"{job_id} failed: killed by signal 9" in cli("status").stdout
+
+
 def test_a_killed_supervisor_leaves_no_trainer_after_down_and_holds_the_folder_until_then(held_prep, tmp_path):
     job_id = submitted_id(cli("submit", held_prep, "--detach"))
     wait_for(lambda: _in_prep(job_id))
