@@ -220,6 +220,7 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
       launcher submit job.yaml --dry-run --set train.max_steps=10
     """
     from launcher import state
+    from launcher.runlock import FolderBusy
 
     spec = load_job(job_file, **flags)
     backend = _backend(spec.resources.cloud)
@@ -233,8 +234,11 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
     state.save(job)
     try:
         job = backend.submit(job, spec, detach=detach)
-    except LauncherError:
-        state.delete(job.id)  # refused before anything ran: nothing to remember
+    except FolderBusy:
+        state.delete(job.id)  # refused before anything ran or was written: nothing to remember
+        raise
+    except LauncherError as e:  # a cloud may have started something: keep the record, say why
+        state.transition(job.id, "FAILED", extra={**job.extra, "error": str(e).splitlines()[0]})
         raise
     except BaseException as e:
         state.transition(job.id, "FAILED", extra={**job.extra, "error": f"submit failed: {type(e).__name__}: {e}"})

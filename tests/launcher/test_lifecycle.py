@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples/quickstart/job.yaml"
 
 
-def cli(*args, cwd=None, timeout=300, safe=False):
+def cli(*args, cwd=None, timeout=300, safe=False, env=None):
     # -P: the `launcher` console script does not put the current folder on sys.path; `python -m` would.
     cmd = [sys.executable, *(["-P"] if safe else []), "-m", "launcher.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env={**os.environ})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env or {**os.environ})
 
 
 def one_line_error(r, *needles):
@@ -393,7 +393,15 @@ FAST = ["--set", "data.max_length=64", "--set", "data.cluster.enabled=false", "-
 def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays_trusted(tmp_path):
     """A LoRA checkpoint of SmolLM2-135M is about 60 MB: on a 100 MB disk the first fits, the
     second does not. The folder also holds a stop marker from an earlier run, which must not turn
-    this run's failure into STOPPED."""
+    this run's failure into STOPPED. And W&B is configured with a key but cannot be reached: the
+    run goes offline with one warning and trains on."""
+    import socket
+
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
     disk = tmp_path / "disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], check=True)
@@ -402,7 +410,8 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays_trust
         out.mkdir()
         (out / "stopped.json").write_text('{"step": 7, "checkpoint": "checkpoints/checkpoint-7"}')  # as a stopped run leaves it
         r = cli("submit", QUICKSTART, "--set", "name=full-disk", "--set", f"outputs.dir={out}", "--set", "train.max_steps=2",
-                "--set", "train.save_steps=1", "--set", "train.save_total_limit=2", *FAST, timeout=1200)
+                "--set", "train.save_steps=1", "--set", "train.save_total_limit=2", "--set", "train.report_to=wandb",
+                *FAST, timeout=1200, env=env)
         job = state.all_jobs()[-1]
         log = (out / "logs" / "job.log").read_text()
         assert job.state == "FAILED", (job, log[-3000:])
@@ -410,6 +419,10 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays_trust
         errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and "no space left on device" in errors[0], log[-3000:]
         assert "Traceback" not in log and "iostream error" not in log, log[-3000:]
+        wandb_warnings = [ln for ln in log.splitlines() if "W&B" in ln]
+        assert len(wandb_warnings) == 1 and "unreachable" in wandb_warnings[0], wandb_warnings
+        assert "step 2/2" in log  # it trained on, offline
+        assert list((out / "wandb").glob("offline-run-*"))
         assert manifest.latest_complete(out / "checkpoints") == out / "checkpoints" / "checkpoint-1"
         assert [p.name for p in manifest.checkpoints(out / "checkpoints")] == ["checkpoint-1"]  # the torn one is gone
         assert f"{job.id} failed: no space left on device" in cli("status").stdout
