@@ -419,8 +419,9 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_the_previous_stays_trust
         errors = [ln for ln in log.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and "no space left on device" in errors[0], log[-3000:]
         assert "Traceback" not in log and "iostream error" not in log, log[-3000:]
-        wandb_warnings = [ln for ln in log.splitlines() if "W&B" in ln]
-        assert len(wandb_warnings) == 1 and "unreachable" in wandb_warnings[0], wandb_warnings
+        ours = [ln for ln in log.splitlines() if "unreachable" in ln]  # (wandb adds its own "offline" notice)
+        assert len(ours) == 1 and ours[0].startswith("warning: W&B") and "training goes on" in ours[0], ours
+        assert "CommError" not in log
         assert "step 2/2" in log  # it trained on, offline
         assert list((out / "wandb").glob("offline-run-*"))
         assert manifest.latest_complete(out / "checkpoints") == out / "checkpoints" / "checkpoint-1"
