@@ -6,8 +6,9 @@ in a process group of its own, hands it the lock and returns. The supervisor run
 command (data prep, then training), which inherits the lock, and records the job's states:
 SUBMITTED -> PREPARING -> TRAINING -> SUCCEEDED | FAILED (with a one-line reason) | STOPPED.
 
-`down` sends SIGTERM to the whole process group, so the trainer saves a checkpoint and data prep
-stops, and SIGKILLs what is left after the grace. `status` never judges a job dead before its
+`down` sends SIGTERM down the chain (supervisor -> entry -> stage; the topmost survivors when the
+supervisor was killed), so the trainer saves a checkpoint and data prep stops, waits for the whole
+process group to end, and SIGKILLs what is left of it after the grace. `status` never judges a job dead before its
 supervisor's pid is known, and tells a trainer orphaned by a killed supervisor from a dead job (its
 process group outlives the supervisor). With `resources.docker` the job runs inside the GPU image
 instead (launcher/backends/local_docker.py).
@@ -58,6 +59,24 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def _group(pgid: int) -> dict[int, int] | None:
+    """pid -> parent pid of the live (not zombie) processes in a process group; None without /proc."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    members = {}
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            members[int(d.name)] = int(fields[1])
+    return members
+
+
 def _group_alive(pgid: int | None) -> bool:
     """Whether any process of the job's group (supervisor, entry, prep, trainer) still runs. The
     kernel does not reuse a pid as long as a process group of that id exists."""
@@ -69,20 +88,19 @@ def _group_alive(pgid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    # killpg also counts zombies (a finished supervisor nobody has reaped yet): look closer.
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for d in proc.iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
+    members = _group(pgid)  # killpg also counts zombies (a finished supervisor nobody reaped yet)
+    return True if members is None else bool(members)
+
+
+def _stop_targets(pgid: int) -> list[int]:
+    """Whom `down` sends SIGTERM: the supervisor, which passes it down stage by stage; when it was
+    killed, the topmost processes left in its group (the entry command). Not the whole group at
+    once: a DataLoader worker or a prep worker that gets SIGTERM dies, and takes the trainer's
+    clean save with it."""
+    if _alive(pgid):
+        return [pgid]
+    members = _group(pgid) or {}
+    return [pid for pid, parent in members.items() if parent not in members]
 
 
 def python_module(module: str) -> list[str]:
@@ -296,12 +314,13 @@ class LocalBackend(Backend):
         if job.pid is None:
             return state.transition(job.id, "STOPPED", extra={**job.extra, "error": "stopped before it started"})
         state.transition(job.id, "STOPPING")
-        # The whole group: the supervisor, the entry command, data prep and its workers, the trainer
-        # (which saves a checkpoint first). Also what a killed supervisor left orphaned.
-        try:
-            os.killpg(job.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        # SIGTERM goes down the chain (the trainer saves a checkpoint first); then the whole group,
+        # orphans of a killed supervisor included, must be gone, or is killed after the grace.
+        for pid in _stop_targets(job.pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.time() + STOP_GRACE_S
         while time.time() < deadline and _group_alive(job.pid):
             time.sleep(0.3)
