@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import EXIT_BAD_INPUT
+from launcher.errors import EXIT_BAD_INPUT, LauncherError
 
 
 class UserError(click.ClickException):
@@ -91,6 +91,21 @@ def load_job(job_file: str, *, sets=(), cloud=None, gpus=None, tpu=None, spot=No
     return load_spec(job_file, overrides, clouds=backends.names())
 
 
+def _backend(cloud: str):
+    """The backend for `cloud`, after checking that what it needs is installed: the cloud backends
+    import SkyPilot only when they first talk to a cloud, deep inside a call."""
+    import importlib.util
+
+    from launcher.backends import get_backend
+
+    backend = get_backend(cloud)
+    missing = [m for m in backend.needs_modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"cloud {cloud} needs the cloud extra, which is not installed here "
+                        f"({', '.join(missing)} missing): pip install 'llm-launcher[cloud]'")
+    return backend
+
+
 def _job_or_fail(job_id: str):
     from launcher import state
 
@@ -131,9 +146,16 @@ def init(job_file, force):
     from launcher.spec import commented_yaml
 
     p = Path(job_file)
+    if p.is_dir():
+        raise UserError(f"{job_file} is a folder; give a file name, e.g. {p / 'job.yaml'}")
     if p.exists() and not force:
         raise UserError(f"{job_file} exists; use --force to overwrite")
-    p.write_text(commented_yaml())
+    if not p.parent.is_dir():
+        raise UserError(f"{job_file}: the folder {p.parent} does not exist; create it first (mkdir -p {p.parent})")
+    try:
+        p.write_text(commented_yaml())
+    except OSError as e:
+        raise UserError(f"{job_file}: cannot write it ({e.strerror})") from None
     click.echo(f"wrote {job_file}: edit model, data.sources and train, then `launcher submit {job_file}`")
 
 
@@ -215,22 +237,28 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
       launcher submit job.yaml --dry-run --set train.max_steps=10
     """
     from launcher import state
-    from launcher.backends import get_backend
+    from launcher.runlock import FolderBusy
 
     spec = load_job(job_file, **flags)
-    backend = get_backend(spec.resources.cloud)
+    backend = _backend(spec.resources.cloud)
     backend.check(spec)
     if dry_run:
         click.echo(backend.dry_run(spec, Path(job_file)))
         return
     job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
-                    spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent)),
+                    spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent).resolve()),
                     accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})
     state.save(job)
     try:
         job = backend.submit(job, spec, detach=detach)
-    except BaseException:
-        state.update(job.id, state="FAILED", ended=time.time())
+    except FolderBusy:
+        state.delete(job.id)  # refused before anything ran or was written: nothing to remember
+        raise
+    except LauncherError as e:  # a cloud may have started something: keep the record, say why
+        state.transition(job.id, "FAILED", extra={**job.extra, "error": str(e).splitlines()[0]})
+        raise
+    except BaseException as e:
+        state.transition(job.id, "FAILED", extra={**job.extra, "error": f"submit failed: {type(e).__name__}: {e}"})
         raise
     click.echo(f"submitted {job.id} ({job.cloud}{', ' + job.cluster if job.cluster else ''}); output in {job.output_dir}")
     if detach:
@@ -246,9 +274,14 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
                 click.echo(f"checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
                            f"background (log: {log}), then takes the cluster down when the job ends")
         return
-    code = backend.logs(job, follow=True)
+    try:
+        code = backend.logs(job, follow=True)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: job {job.id} runs on in the background; `launcher logs -f {job.id}` follows it "
+                   f"again, `launcher down {job.id}` stops it", err=True)
+        sys.exit(130)
     job = backend.status(state.get(job.id))
-    click.echo(f"{job.id}: {job.state}")
+    click.echo(f"{job.id}: {job.state}" + (f" ({job.reason})" if job.state == "FAILED" and job.reason else ""))
     sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
 
 
@@ -269,7 +302,7 @@ def status(job_id, show_all):
     from rich.table import Table
 
     from launcher import state
-    from launcher.backends import BackendError, get_backend
+    from launcher.backends import BackendError
 
     jobs = [_job_or_fail(job_id)] if job_id else state.all_jobs()
     if not show_all and not job_id:
@@ -278,12 +311,18 @@ def status(job_id, show_all):
     table = Table(box=None, pad_edge=False)
     for col in ("JOB", "CLOUD", "ACCELERATORS", "STATE", "TIME", "COST", "EXIT", "OUTPUT"):
         table.add_column(col)
+    notes = []
     for j in jobs:
         if not j.done:
             try:
-                j = get_backend(j.cloud).status(j)
-            except BackendError as e:
-                j.extra["status_error"] = str(e)
+                j = _backend(j.cloud).status(j)
+            except (BackendError, UserError) as e:
+                notes.append(f"{j.id}: state unknown: {e.format_message() if isinstance(e, UserError) else e}")
+        if j.state == "FAILED" and j.reason:
+            notes.append(f"{j.id} failed: {j.reason}")
+        elif j.extra.get("orphaned") and not j.done:
+            notes.append(f"{j.id}: its supervisor was killed but its processes (data prep or trainer) still run; "
+                         f"`launcher down {j.id}` stops it")
         cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("$0" if j.cloud == "local" else "?")
         table.add_row(j.id, j.cloud + (f" ({j.cluster})" if j.cluster else ""), j.accelerators or "-", j.state,
                       _duration(j.runtime()), cost, "" if j.exit_code is None else str(j.exit_code), j.output_dir)
@@ -291,6 +330,8 @@ def status(job_id, show_all):
         click.echo("no jobs yet: `launcher submit job.yaml`")
         return
     Console(width=200).print(table)
+    for note in notes:
+        click.echo(note)
 
 
 @main.command()
@@ -299,10 +340,9 @@ def status(job_id, show_all):
 @_fail_cleanly
 def logs(job_id, follow):
     """Print a job's output (data prep and training); -f follows it to the end."""
-    from launcher.backends import get_backend
 
     job = _job_or_fail(job_id)
-    code = get_backend(job.cloud).logs(job, follow=follow)
+    code = _backend(job.cloud).logs(job, follow=follow)
     sys.exit(code if follow else 0)  # only a followed job's end has an exit code worth passing on
 
 
@@ -318,11 +358,9 @@ def sync(job_id, to, watch):
     Incremental and resumable: only new files move, each is checked against the checkpoint's
     manifest (sha256), and a checkpoint appears complete only when all of it has arrived.
     """
-    from launcher.backends import get_backend
-
     job = _job_or_fail(job_id)
     dest = Path(to) if to else Path(job.output_dir)
-    backend = get_backend(job.cloud)
+    backend = _backend(job.cloud)
     result = backend.sync(job, dest, watch=watch)
     if watch:  # the job has ended: its status records that, and a cloud job's cluster goes (after a last sync)
         from launcher import state
@@ -355,19 +393,20 @@ def down(job_id, idle, down_all, yes):
     if sum(bool(x) for x in (job_id, idle, down_all)) != 1:
         raise UserError("give exactly one of JOB, --idle DURATION, --all")
     if job_id:
-        from launcher.backends import get_backend
-
         job = _job_or_fail(job_id)
+        backend = _backend(job.cloud)
         from launcher import watch
 
         watch.stop(job)  # down syncs one last time itself; two syncs into one folder would race
-        job = get_backend(job.cloud).down(job)
+        job = backend.down(job)
         click.echo(f"{job.id}: {job.state}")
         return
-    try:
-        from launcher import teardown
-    except ImportError as e:
-        raise UserError(f"--idle/--all need the cloud extra: pip install 'llm-launcher[cloud]' ({e.name} missing)") from None
+    import importlib.util
+
+    if importlib.util.find_spec("sky") is None:
+        raise UserError(f"down {'--idle' if idle else '--all'} acts on cloud clusters and needs the cloud extra, "
+                        "which is not installed here: pip install 'llm-launcher[cloud]'")
+    from launcher import teardown
     if idle:
         gone = teardown.down_idle(_parse_minutes(idle))
     else:

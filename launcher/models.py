@@ -58,7 +58,10 @@ def resolve_model(ref: str) -> str:
         if not path.exists():
             raise ModelError(f"model {ref}: no such file")
     if path is None:
-        return ref  # a hub id; from_pretrained reports a wrong one clearly
+        if ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1:
+            # A hub id is ORG/NAME; this one is a path, and from_pretrained would call it a bad hub id.
+            raise ModelError(f"model {ref}: no such file or folder")
+        return ref  # a hub id
     if path.is_dir():
         return str(path)
     return str(gguf_to_hf(path))

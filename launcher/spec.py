@@ -55,7 +55,7 @@ class TrainConfig(_Section):
         "auto", description="Training precision; auto = bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.")
     eval_steps: int = Field(128, gt=0, description="Evaluate every N steps.")
     save_steps: int = Field(128, gt=0, description="Save a checkpoint every N steps.")
-    save_total_limit: int | None = Field(2, description="Keep at most N checkpoints (None = all).")
+    save_total_limit: int | None = Field(2, gt=0, description="Keep at most N checkpoints (None = all).")
     seed: int = Field(42, description="Seed for weight init, dropout and the trainer.")
     data_seed: int | None = Field(42, description="Seed for data sampling (None = same as seed).")
     optim: str = Field("adamw_torch_fused", description="Optimizer name as the Trainer knows it.")
@@ -76,6 +76,13 @@ class TrainConfig(_Section):
         "auto", description="Attention kernel; auto = flash-attention when installed on a CUDA GPU, else SDPA.")
     fsdp: bool = Field(False, description="Shard a full fine-tune across the GPUs with FSDP (a model too big for one GPU).")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError(f"must be a positive number of steps, or -1 for num_train_epochs (got {v})")
+        return v
+
 
 class ResourcesConfig(_Section):
     # Checked against the provider registry by whoever loads the spec with `clouds=` (the CLI):
@@ -91,9 +98,28 @@ class ResourcesConfig(_Section):
     idle_minutes: int = Field(30, ge=0, description="Tear the machine down after this many idle minutes.")
     docker: bool = Field(False, description="local cloud only: run inside the GPU image with the local Docker engine.")
 
+    @field_validator("accelerators")
+    @classmethod
+    def _accelerators(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if re.fullmatch(r"(?i)tpu-v\d+[a-z]*-\d+", v):
+            return v
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(-?\d+))?", v)
+        if not m:
+            raise ValueError(f"expected NAME:COUNT such as A100:1 or H100:8, or a TPU such as tpu-v3-8 (got {v!r})")
+        if m.group(2) is not None and int(m.group(2)) <= 0:
+            raise ValueError(f"the count must be at least 1 (got {v!r}); leave accelerators out to train on the CPU")
+        return v
+
     @property
     def is_tpu(self) -> bool:
         return bool(self.accelerators) and self.accelerators.lower().startswith("tpu-")
+
+    @property
+    def accelerator_name(self) -> str | None:
+        return self.accelerators.split(":")[0] if self.accelerators else None
 
 
 class ImageConfig(_Section):
@@ -109,6 +135,21 @@ class ImageConfig(_Section):
 class OutputsConfig(_Section):
     dir: str = Field("runs/{name}", description="Local folder for data, logs and checkpoints ({name} = job name).")
     bucket: str | None = Field(None, description="s3://... or gs://... where cloud jobs upload checkpoints.")
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:  # a lone { or }
+            raise ValueError(f"a lone brace in {v!r} ({e}); the only placeholder is {{name}}, "
+                             "and a literal brace is written {{ or }}") from None
+        unknown = [f for f in fields if f != "name"]
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {v!r}; the only one is {{name}} (the job name)")
+        return v
 
 
 class JobSpec(_Section):
@@ -224,7 +265,18 @@ def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *,
         p = Path(path)
         if not p.exists():
             raise SpecError(f"{label}: no such file (create one with `launcher init {label}`)")
-        text = p.read_text(encoding="utf-8")
+        if p.is_dir():
+            raise SpecError(f"{label}: is a folder, not a job file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[:e.start].count(b"\n") + 1
+            raise SpecError(f"{label}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x}); save it as UTF-8") from None
+        except OSError as e:
+            raise SpecError(f"{label}: cannot read it ({e.strerror})") from None
+        if not text.strip() or all(ln.strip().startswith("#") or not ln.strip() for ln in text.splitlines()):
+            raise SpecError(f"{label}: the file is empty; write at least model: and data.sources "
+                            "(`launcher init` writes every field with its default)")
         try:
             root = yaml.compose(text)
             data = yaml.safe_load(text)

@@ -2,6 +2,17 @@
 
 Lives at $LAUNCHER_HOME/state.db (default ~/.launcher). WAL mode and a busy timeout let two
 `launcher submit` calls and a `launcher status` run at once without "database is locked".
+
+A job moves through explicit states, each step checked and written in one transaction
+(`transition`):
+
+    SUBMITTED -> PREPARING -> TRAINING -> SUCCEEDED | FAILED | STOPPED
+    (any live state -> STOPPING -> STOPPED | FAILED | SUCCEEDED, and any live state -> a final one)
+
+A final state is never left again, so a late writer (a supervisor finishing while `status` looks)
+cannot turn a finished job back into a running one. PENDING and RUNNING are the names earlier
+versions (and the cloud backends) wrote; they load and move on like SUBMITTED and TRAINING. A
+FAILED job carries its one-line reason in `extra["error"]`.
 """
 from __future__ import annotations
 
@@ -15,7 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
-STATES = {"PENDING", "PREPARING", "RUNNING", "STOPPING", *TERMINAL}
+LIVE = {"SUBMITTED", "PREPARING", "TRAINING", "STOPPING", "PENDING", "RUNNING"}
+STATES = {*LIVE, *TERMINAL}
+
+# Where each state may go next. PENDING/RUNNING: earlier versions' names (the cloud backends' too).
+NEXT = {
+    "SUBMITTED": {"PREPARING", "TRAINING", "STOPPING", *TERMINAL},
+    "PENDING": {"SUBMITTED", "PREPARING", "TRAINING", "RUNNING", "STOPPING", *TERMINAL},
+    "PREPARING": {"TRAINING", "RUNNING", "STOPPING", *TERMINAL},
+    "TRAINING": {"STOPPING", *TERMINAL},
+    "RUNNING": {"TRAINING", "STOPPING", *TERMINAL},
+    "STOPPING": set(TERMINAL),
+}
 
 
 def home() -> Path:
@@ -31,7 +53,7 @@ class Job:
     cloud: str
     spec_yaml: str
     output_dir: str
-    state: str = "PENDING"
+    state: str = "SUBMITTED"
     cluster: str | None = None
     accelerators: str | None = None
     created: float = field(default_factory=time.time)
@@ -47,10 +69,15 @@ class Job:
     def done(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def reason(self) -> str | None:
+        """Why a job failed, in one line (None when it did not, or nobody knows)."""
+        return self.extra.get("error")
+
     def runtime(self, now: float | None = None) -> float:
         if not self.started:
             return 0.0
-        return (self.ended or now or time.time()) - self.started
+        return max(0.0, (self.ended or now or time.time()) - self.started)
 
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
@@ -112,6 +139,42 @@ def update(job_id: str, **changes) -> Job:
         con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})", _row(job))
         con.execute("COMMIT")
     return job
+
+
+def transition(job_id: str, new: str, **changes) -> Job:
+    """Move a job to state `new`, with `changes`, if that step is allowed from the state it is in
+    now (read and written in one transaction). A step that is not allowed changes nothing: the job
+    is returned as it is, and the caller sees from `job.state` that someone else decided first.
+    Ending a job sets `ended` (never before `started`)."""
+    if new not in STATES:
+        raise ValueError(f"unknown job state {new!r}")
+    with _db() as con:
+        con.execute("BEGIN IMMEDIATE")
+        row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            con.execute("ROLLBACK")
+            raise KeyError(job_id)
+        job = _job(row)
+        if new != job.state and new not in NEXT.get(job.state, ()):
+            con.execute("ROLLBACK")
+            return job
+        for k, v in changes.items():
+            setattr(job, k, v)
+        job.state = new
+        if new in TERMINAL:
+            now = time.time()
+            job.ended = job.ended or now
+            if job.started is not None and job.ended < job.started:
+                job.ended = job.started
+        con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})", _row(job))
+        con.execute("COMMIT")
+    return job
+
+
+def delete(job_id: str) -> None:
+    """Forget a job that never started (a submit refused before anything ran)."""
+    with _db() as con:
+        con.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
 
 def get(job_id: str) -> Job | None:

@@ -85,15 +85,27 @@ def sync_local(src_dir: str | Path, to: str | Path, *, watch: bool = False, done
 
 
 def sync_run_folder(src: Path, to: Path) -> SyncResult:
-    """A local job's run folder: already here, so only list its complete checkpoints, or copy them
-    (verified) when `to` is another folder."""
+    """A local job's run folder: already here, so only verify and list its complete checkpoints,
+    or copy them (verified) when `to` is another folder. Either way a checkpoint whose files do not
+    match its manifest is not listed, and is named in the SyncError."""
     from launcher import manifest
 
     if to.resolve() == src.resolve():
-        done = [str(p) for p in manifest.checkpoints(src / "checkpoints") if manifest.read_manifest(p)]
-        if (src / "final" / MANIFEST).exists():
-            done.append(str(src / "final"))
-        return SyncResult(copied=[], skipped=0, checkpoints=done)
+        done, problems = [], []
+        units = [p for p in manifest.checkpoints(src / "checkpoints") if manifest.read_manifest(p) is not None]
+        if manifest.read_manifest(src / "final") is not None:
+            units.append(src / "final")
+        for unit in units:
+            bad = manifest.verify(unit)
+            if bad:
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                problems.append(f"{bad[0]}{more}; checkpoint {unit.name} does not verify")
+            else:
+                done.append(str(unit))
+        result = SyncResult(copied=[], skipped=0, checkpoints=done)
+        if problems:
+            raise SyncError("; ".join(problems), result)
+        return result
     return sync_local(src, to)
 
 
@@ -386,7 +398,9 @@ def _read(p: Path) -> bytes | None:
 # -- shared pieces ----------------------------------------------------------------------------------
 
 def _join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    joined = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    # A local run folder's absolute path keeps its leading / (error messages name real paths).
+    return "/" + joined if parts and parts[0].startswith("/") else joined
 
 
 def _unit_paths(listing: dict[str, int]) -> list[str]:

@@ -46,6 +46,7 @@ def wanted(spec: "JobSpec") -> dict[str, bool]:
 class Backend:
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `launcher clouds`
+    needs_modules: ClassVar[tuple[str, ...]] = ()  # what must be installed to talk to it (checked by the CLI)
     # capability -> the message a user gets for asking this provider for it (CAPABILITIES)
     cannot: ClassVar[dict[str, str]] = {}
 

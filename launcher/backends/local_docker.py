@@ -120,10 +120,16 @@ class LocalDockerBackend(Backend):
         except BuildError as e:
             raise BackendError(str(e)) from None
         out, base, volumes, command = self._plan(job, spec, job_file)
+        from launcher import runlock
+
+        owner = runlock.holder(out)  # the entry command in the container takes the lock itself
+        if owner:
+            raise runlock.FolderBusy(out, None if owner == "?" else owner)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         write_resolved(spec, out)
         env = _environment(spec)
         env["LAUNCHER_MODEL_CACHE"] = "/launcher/models"
+        env["LAUNCHER_JOB_ID"] = job.id
         device_requests = None
         if spec.resources.accelerators:  # a GPU: needs the NVIDIA container toolkit, as on a cloud VM
             from docker.types import DeviceRequest
@@ -139,7 +145,7 @@ class LocalDockerBackend(Backend):
             )
         except docker.errors.APIError as e:
             raise BackendError(f"docker could not start the job: {str(e.explanation or e).splitlines()[0]}") from None
-        return state.update(job.id, state="RUNNING", started=time.time(), cluster=None,
+        return state.transition(job.id, "PREPARING", started=time.time(), cluster=None,
                             log_path=str(out / "logs" / "job.log"),
                             extra={**job.extra, "docker": True, "container": container.id, "image": image.tagged})
 
@@ -149,15 +155,24 @@ class LocalDockerBackend(Backend):
         client = _client()
         container = _container(client, job)
         if container is None:
-            return state.update(job.id, state="FAILED", ended=time.time(),
-                                extra={**job.extra, "error": "its container disappeared"})
+            return state.transition(job.id, "FAILED", extra={**job.extra, "error": "its container disappeared"})
         container.reload()
         if container.status in ("created", "running", "restarting", "paused"):
-            return job if job.state in ("RUNNING", "STOPPING") else state.update(job.id, state="RUNNING")
+            try:  # the entry command in the container says which stage it is in
+                if (Path(job.output_dir) / ".stage").read_text().strip() == "training":
+                    return state.transition(job.id, "TRAINING")
+            except OSError:
+                pass
+            return job
         code = container.attrs["State"]["ExitCode"]
         self._save_logs(container, job)
         final = "SUCCEEDED" if code == 0 else "STOPPED" if (code == EXIT_STOPPED or job.state == "STOPPING") else "FAILED"
-        job = state.update(job.id, state=final, exit_code=code, ended=time.time())
+        extra = dict(job.extra)
+        if final == "FAILED":
+            from launcher.backends.local import failure_reason
+
+            extra["error"] = failure_reason(code, Path(job.output_dir), Path(job.log_path) if job.log_path else None)
+        job = state.transition(job.id, final, exit_code=code, extra=extra)
         container.remove(force=True)
         return job
 
@@ -194,7 +209,7 @@ class LocalDockerBackend(Backend):
             return job
         client = _client()
         container = _container(client, job)
-        state.update(job.id, state="STOPPING")
+        state.transition(job.id, "STOPPING")
         if container is not None:
             container.stop(timeout=STOP_GRACE_S)  # SIGTERM: the trainer saves and exits 75, else SIGKILL
         return self.status(state.get(job.id))

@@ -58,6 +58,7 @@ class SkyBackend(Backend):
     name: ClassVar[str]
     infra: ClassVar[str]  # SkyPilot's name for the cloud
     uses_image: ClassVar[bool] = True  # Slurm has no container: the entry runs on the node
+    needs_modules = ("sky",)
     needs_accelerators: ClassVar[bool] = True  # a rented machine without a GPU/TPU is a mistake that bills
 
     # -- rendering ---------------------------------------------------------------------------

@@ -93,9 +93,16 @@ def test_down_stops_cleanly_with_a_checkpoint_and_a_resubmit_resumes(tmp_path):
 
 
 def test_a_second_job_on_the_same_output_folder_is_refused(tmp_path):
+    # The folder is owned through its lock file, held by a real process, not by what a record says.
     out = tmp_path / "busy"
-    job = state.save(state.Job(id="busy-1", name="busy", cloud="local", spec_yaml="", output_dir=str(out),
-                               state="RUNNING", pid=os.getpid()))
-    r = cli("submit", QUICKSTART, "--detach", "--set", f"outputs.dir={out}", check=False)
+    hold = "import sys, time; from launcher import runlock; runlock.acquire(sys.argv[1], 'busy-1'); print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = cli("submit", QUICKSTART, "--detach", "--set", f"outputs.dir={out}", check=False)
+    finally:
+        holder.kill()
+        holder.wait()
     assert r.returncode == 2
-    assert f"job {job.id} is already writing to {out}" in r.stderr
+    assert f"job busy-1 is already writing to {out}" in r.stderr
+    assert state.all_jobs() == []  # a refused submit leaves no record

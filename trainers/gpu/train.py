@@ -214,7 +214,31 @@ def setup_wandb(spec, out: Path, resume_from: Path | None) -> str | None:
     if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") in (None, "", "online"):
         os.environ["WANDB_MODE"] = "offline"
         print("W&B: no WANDB_API_KEY, writing the run offline under OUT/wandb (upload later with `wandb sync`)", flush=True)
+    elif os.environ.get("WANDB_MODE") in (None, "", "online") and not _wandb_reachable():
+        # A training run must not depend on a metrics service being up.
+        os.environ["WANDB_MODE"] = "offline"
+        print(f"warning: W&B ({_wandb_url()}) is unreachable; writing the run offline under {out / 'wandb'} "
+              "(upload it later with `wandb sync`); training goes on", file=sys.stderr, flush=True)
     return run_id
+
+
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _wandb_reachable(timeout: float = 10.0) -> bool:
+    """Whether W&B's server answers at all (a TCP connection). wandb.init would otherwise fail the
+    run after its own long timeout with `CommError ... context deadline exceeded`."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(_wandb_url())
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def bucket_uploader(spec, what: str):
@@ -238,9 +262,17 @@ def agree_on_checkpoint(ckpt_dir: Path, args) -> Path | None:
     """The newest complete checkpoint, the same one on every rank (the oldest of their choices)."""
     import torch
 
-    from launcher.manifest import latest_complete
+    from launcher.manifest import checkpoints, verify
 
-    found = latest_complete(ckpt_dir)
+    found = None
+    for candidate in reversed(checkpoints(ckpt_dir)):
+        problems = verify(candidate)
+        if not problems:
+            found = candidate
+            break
+        if args.should_save:  # say which checkpoint is passed over and why, newest first
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            print(f"not resuming from {candidate.name}: {problems[0]}{more}", flush=True)
     step = int(found.name.split("-")[-1]) if found else -1
     if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         t = torch.tensor([step], device=args.device)
@@ -368,12 +400,64 @@ def main(argv=None) -> int:
                   "and raise train.gradient_accumulation_steps, set train.gradient_checkpointing: true, "
                   "or use method: qlora", file=sys.stderr)
             return EXIT_FAILED
+        if _disk_full(e, out):
+            return _report_disk_full(out)
         log = out / "logs" / "train-error.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f" (traceback in {log})"
+        except OSError:
+            where = ""
         first = str(e).splitlines()[0] if str(e) else ""
-        print(f"error: training failed: {type(e).__name__}: {first} (traceback in {log})", file=sys.stderr)
+        print(f"error: training failed: {type(e).__name__}: {first}{where}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _disk_full(e: BaseException, out: Path) -> bool:
+    """Whether an exception is the disk filling up. torch.save reports ENOSPC only as
+    `RuntimeError: basic_ios::clear: iostream error` (or 'file write failed'), so a failed write
+    with (almost) no space left under OUT counts too."""
+    import errno
+    import shutil
+
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(out).free < (64 << 20) and isinstance(e, (OSError, RuntimeError))
+    except OSError:
+        return False
+
+
+def _report_disk_full(out: Path) -> int:
+    """One line for a full disk. The half-written checkpoint goes first: it would never verify,
+    and removing it leaves room for the log line and for the next run to resume."""
+    import shutil
+
+    from launcher.manifest import checkpoints, latest_complete
+
+    ckpts = out / "checkpoints"
+    for c in checkpoints(ckpts):
+        if not (c / "manifest.json").exists():
+            shutil.rmtree(c, ignore_errors=True)
+    try:
+        free = f"{shutil.disk_usage(out).free / 2**20:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    last = latest_complete(ckpts)
+    keep = f"; the last complete checkpoint, {last.name}, is intact" if last else ""
+    try:
+        # On a line of its own: the save fails in the middle of a progress bar's line.
+        print(f"\nerror: no space left on device in {out} ({free}){keep}; free some space and run again to resume",
+              file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":
