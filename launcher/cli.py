@@ -250,10 +250,10 @@ def _estimate_lines(spec, job_file, *, dry_run: bool) -> None:
             click.echo("\n".join(f"# {l}".rstrip() for l in ["estimate (launcher estimate):", *e.lines]))
         else:
             est.check_fits(spec, Path(job_file))
-    except est.EstimateError as e:
-        if dry_run or "--force" in str(e):
-            raise
-        click.echo(f"warning: no memory check: {e}", err=True)  # e.g. a hub config offline: not a reason to refuse
+    except est.DoesNotFit:
+        raise
+    except est.EstimateError as e:  # e.g. a hub model's config offline: not a reason to refuse the job
+        click.echo(f"# estimate: not available: {e}" if dry_run else f"warning: no memory check: {e}", err=not dry_run)
 
 
 ESTIMATE_HELP = """Memory per device, training time and cost of a job, before anything is spent.

@@ -41,7 +41,16 @@ class EstimateError(LauncherError):
     """The estimate cannot be made (no config, unknown accelerator); one line."""
 
 
+class DoesNotFit(EstimateError):
+    """`launcher submit`: the job cannot fit its accelerator (the numbers and what would fit)."""
+
+
 # -- the model's shape ---------------------------------------------------------------------------
+
+# GPT-style blocks: a plain two-matrix MLP (no SwiGLU gate); every other model type is counted as
+# the LLaMA block (gate, up, down).
+UNGATED = {"gpt2", "gpt3", "gpt_neox", "gptj", "opt", "falcon", "bloom", "phi", "starcoder2", "gpt_bigcode"}
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -71,8 +80,11 @@ class ModelShape:
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder block, by its Hugging Face name."""
         h, i = self.hidden, self.intermediate
+        mlp = {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        if self.model_type in UNGATED:
+            del mlp["gate_proj"]
         return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
-                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+                "o_proj": (self.q_dim, h), **mlp}
 
     @property
     def linear_params(self) -> int:
@@ -396,7 +408,8 @@ def _act_elems_per_token_layer(s: ModelShape) -> tuple[int, int]:
     (5h + 3kv); MLP: norm input, norm output, gate, up, SiLU(gate), their product (2h + 4i). In
     half precision the two RMSNorms also keep an fp32 copy of their normalised input (2 x 4h bytes)."""
     h, kv, i = s.hidden, s.kv_dim, s.intermediate
-    return 5 * h + 3 * kv + 2 * h + 4 * i, 8 * h
+    mlp_i = 2 if s.model_type in UNGATED else 4  # GPT: up output and GELU output
+    return 5 * h + 3 * kv + 2 * h + mlp_i * i, 8 * h
 
 
 def training_memory(s: ModelShape, u: Setup) -> Memory:
@@ -822,9 +835,9 @@ def estimate(spec, job_file: Path, *, online: bool = True, mfu: float = MFU, tab
              clouds: list[str] | None = None) -> Estimate:
     """The whole estimate for a validated spec (its resources as the command line left them)."""
     base = Path(job_file).resolve().parent
-    shape = model_shape(spec.model, base, online=online)
     r = spec.resources
     acc, count = parse_accelerators(r.accelerators) if r.accelerators else (None, 1)
+    shape = model_shape(spec.model, base, online=online)
     mem = memory_for(shape, spec, acc, count)
     u = setup_for(spec, acc, count)
     tokens = training_tokens(spec, base, u)
@@ -885,7 +898,7 @@ def check_fits(spec, job_file: Path) -> Estimate | None:
     if est.fits is False:
         best = cheapest_fit(est.rows)
         tips = suggestions(est.shape, spec, est.acc, est.count)
-        raise EstimateError(
+        raise DoesNotFit(
             f"{spec.model} ({spec.method}) needs {est.memory.total / GiB:.1f} GiB per device, {r.accelerators} has "
             f"{est.acc.mem_gib:g} GiB"
             + (f"; cheapest that fits: {best.accelerators} on {best.cloud} ({_money(best.price)}/h)" if best else "")
