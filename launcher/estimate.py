@@ -473,10 +473,11 @@ def training_memory(s: ModelShape, u: Setup) -> Memory:
     elems, fp32_extra = _act_elems_per_token_layer(s)
     per_layer = tokens * (a * elems + (fp32_extra if half else 0))
     if u.method != "full":
-        # peft casts the block's input to the adapter's fp32 for each adapted layer (half base only)
-        # and keeps the dropout's output and mask when lora_dropout > 0.
+        # peft casts the input to the adapter's fp32 for each adapted layer and autocast casts it back
+        # to half for the adapter's matmul, which keeps that copy (half base only; not measured on
+        # CPU, where the trainer runs fp32); lora_dropout > 0 keeps the dropout's output and mask.
         ins = sum(i for i, _ in lora_targets(s, u.lora_targets).values())
-        per_layer += tokens * ins * ((4 if half or u.method == "qlora" else 0) + ((a + 1) if u.lora_dropout > 0 else 0))
+        per_layer += tokens * ins * ((a if half or u.method == "qlora" else 0) + ((a + 1) if u.lora_dropout > 0 else 0))
     if u.attn == "eager":
         per_layer += u.batch * s.heads * u.seq**2 * (a + 4)
     resid = 4 if u.method == "full" else a
@@ -718,7 +719,7 @@ def cost_table(shape: ModelShape, spec, tokens: Tokens, *, clouds=None, asked: t
             row.note = "full fine-tune (EasyLM)" if spec.method != "full" else ""
             if acc.name == "tpu-v3-8":
                 row.note = ("free under a TPU Research Cloud grant; " + row.note).rstrip("; ")
-        if row.fits or row.asked:
+        if row.fits or row.asked or acc.name == "tpu-v3-8":
             rows.append(row)
     rows.sort(key=lambda r: (not r.fits, r.total if r.total is not None else math.inf))
     return rows
@@ -881,7 +882,8 @@ def estimate(spec, job_file: Path, *, online: bool = True, mfu: float = MFU, tab
         except (ValueError, OSError):
             pass
     L.append("")
-    L.append(f"tokens: {tokens.per_epoch:,} per epoch, {tokens.run:,} for the run as configured ({tokens.source})")
+    L.append(f"tokens: {f'{tokens.per_epoch:,}' if tokens.per_epoch else 'unknown'} per epoch, "
+             f"{tokens.run:,} for the run as configured ({tokens.source})")
     L.append(f"compute: {flops_per_token(shape, u):.3g} FLOPs per token; at {mfu:.0%} of peak"
              + (f" on {acc.name}: {_dur(hours)} for the run" if hours is not None else ""))
     if hours is not None and tokens.per_epoch and tokens.run:
@@ -911,6 +913,6 @@ def check_fits(spec, job_file: Path) -> Estimate | None:
             f"{spec.model} ({spec.method}) needs {est.memory.total / GiB:.1f} GiB per device, {r.accelerators} has "
             f"{est.acc.mem_gib:g} GiB"
             + (f"; cheapest that fits: {best.accelerators} on {best.cloud} ({_money(best.price)}/h)" if best else "")
-            + (f"; or {tips[0]}" if tips else "")
+            + (f"; it would fit with {tips[0]}" if tips else "")
             + "; see `launcher estimate`, or --force to submit anyway")
     return est
