@@ -185,3 +185,13 @@ def test_cli_estimate_offline_hub_id_is_one_line(tmp_path, monkeypatch):
 def test_unknown_accelerator_is_one_line(tmp_path):
     r = run("estimate", QUICKSTART, "--gpus", "Z100:1")
     assert r.exit_code == 2 and "Z100" in r.output
+
+
+def test_estimator_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, launcher.estimate\n"
+            "print([m for m in ('torch', 'transformers', 'sky', 'gguf', 'pydantic') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"
