@@ -224,8 +224,9 @@ def build(job_file, push, sets):
 @click.option("--no-watch", is_flag=True,
               help="With --detach, on a cloud job without outputs.bucket: do not leave `launcher sync JOB --watch` "
                    "running here (its checkpoints then go with the cluster at autodown unless you sync them).")
+@click.option("--force", is_flag=True, help="Submit even when the memory estimate says the job cannot fit its accelerator.")
 @_fail_cleanly
-def submit(job_file, dry_run, detach, no_watch, **flags):
+def submit(job_file, dry_run, detach, no_watch, force, **flags):
     """Run a job: prepare its data, then train, on this machine or a cloud machine.
 
     \b
@@ -244,7 +245,10 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
     backend.check(spec)
     if dry_run:
         click.echo(backend.dry_run(spec, Path(job_file)))
+        _estimate_lines(spec, job_file, dry_run=True)
         return
+    if not force:
+        _estimate_lines(spec, job_file, dry_run=False)
     job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
                     spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent).resolve()),
                     accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})
@@ -283,6 +287,75 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
     job = backend.status(state.get(job.id))
     click.echo(f"{job.id}: {job.state}" + (f" ({job.reason})" if job.state == "FAILED" and job.reason else ""))
     sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
+
+
+def _estimate_lines(spec, job_file, *, dry_run: bool) -> None:
+    """submit's memory check on a cloud (refuses what cannot fit), and the estimate in a dry run."""
+    from launcher import estimate as est
+
+    try:
+        if dry_run:
+            e = est.estimate(spec, Path(job_file))
+            click.echo("\n".join(f"# {l}".rstrip() for l in ["estimate (launcher estimate):", *e.lines]))
+        else:
+            est.check_fits(spec, Path(job_file))
+    except est.DoesNotFit:
+        raise
+    except est.EstimateError as e:  # e.g. a hub model's config offline: not a reason to refuse the job
+        click.echo(f"# estimate: not available: {e}" if dry_run else f"warning: no memory check: {e}", err=not dry_run)
+
+
+ESTIMATE_HELP = """Memory per device, training time and cost of a job, before anything is spent.
+
+\b
+The model's shape comes from its config only (local folder, .gguf metadata, package:NAME, or a hub
+id's config.json: cached, else fetched once); parameters are counted exactly on PyTorch's meta
+device when transformers is installed (else by formula; the first line says which).
+\b
+Memory rows (per device; formulas and sources in launcher/estimate.py):
+  weights       full: fp32 master weights + autocast's half copy; lora: frozen base in the
+                training precision; qlora: NF4 4.127 bits/param for the linears, rest fp32
+  gradients     4 bytes per trainable parameter
+  optimizer     AdamW 8 B/param (two fp32 moments); 8-bit variants 2; paged: same, may spill to CPU
+  lora adapter  the fp32 adapter, r x (d_in + d_out) per adapted layer
+  activations   what each block keeps for backward (batch x sequence x hidden x layers), one
+                block input per layer with gradient checkpointing, s x s scores with eager
+                attention, and the logits (fp32 for the loss)
+  overhead      CUDA context and workspaces (~1 GiB) + 5% allocator fragmentation
+  verdict       the total against the device's memory; if over, what alone would make it fit
+\b
+Time: training tokens (prepared data's report.json if present, else raw sources' size / 4) x
+FLOPs per token (6N full, 4N LoRA/QLoRA, +2N with checkpointing, + attention) / (devices x
+datasheet peak x --mfu).
+\b
+Cost table columns (accelerators that fit, and the one asked for, marked *; cheapest first):
+  CLOUD, ACCELERATORS, INSTANCE   SkyPilot's cheapest instance for that accelerator and count
+  MEM/DEVICE    the estimate per device / the device's memory;  FITS  yes or NO
+  $/H, SPOT $/H on-demand and spot price per hour, all nodes (SkyPilot's catalog; offline: the
+                catalog excerpts the tests use)
+  TIME          estimated run time on that row's devices;  TOTAL, SPOT TOTAL  $/h x time
+  NOTE          TPU rows train a full fine-tune (EasyLM); tpu-v3-8 is free under a TPU Research
+                Cloud grant
+"""
+
+
+@main.command(help=ESTIMATE_HELP)
+@click.argument("job_file")
+@click.option("--gpus", metavar="GPU:N", help="Estimate for these GPUs, e.g. A100:1 (resources.accelerators).")
+@click.option("--tpu", metavar="TYPE", help="Estimate for a TPU slice, e.g. v3-8.")
+@click.option("--cloud", metavar="CLOUD", help="Price only this cloud (lambda, runpod, aws, gcp).")
+@click.option("--mfu", type=click.FloatRange(0.01, 1.0), default=0.4, show_default=True,
+              help="Assumed fraction of the accelerator's peak FLOP/s the training reaches.")
+@click.option("--offline", is_flag=True, help="Never fetch a hub model's config.json.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override any field (repeatable).")
+@_fail_cleanly
+def estimate(job_file, gpus, tpu, cloud, mfu, offline, sets):
+    from launcher import estimate as est
+
+    spec = load_job(job_file, sets=sets, gpus=gpus, tpu=tpu,
+                    cloud=cloud if cloud not in (None, "local", "slurm") else None)
+    clouds = [cloud] if cloud in est.SKY_CLOUDS else None
+    click.echo("\n".join(est.estimate(spec, Path(job_file), online=not offline, mfu=mfu, clouds=clouds).lines))
 
 
 def _duration(seconds: float) -> str:

