@@ -240,15 +240,17 @@ def submit(job_file, dry_run, detach, no_watch, force, **flags):
     from launcher import state
     from launcher.runlock import FolderBusy
 
+    from launcher.backends import get_backend
+
     spec = load_job(job_file, **flags)
+    get_backend(spec.resources.cloud).check(spec)  # what the provider cannot do, before anything else
+    if not dry_run and not force:
+        _estimate_lines(spec, job_file, dry_run=False)  # needs no cloud extra: a job that cannot fit says so first
     backend = _backend(spec.resources.cloud)
-    backend.check(spec)
     if dry_run:
         click.echo(backend.dry_run(spec, Path(job_file)))
         _estimate_lines(spec, job_file, dry_run=True)
         return
-    if not force:
-        _estimate_lines(spec, job_file, dry_run=False)
     job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
                     spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent).resolve()),
                     accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})
