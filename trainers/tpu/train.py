@@ -2,7 +2,9 @@
 
     python -m trainers.tpu.train JOB.yaml --data DATA_DIR --out OUT [--tpu-type v3-8]
 
-1. resolves the job's model and converts it once to EasyLM streaming params (OUT/tpu/params/);
+1. resolves the job's model (a hub id is downloaded here, on the TPU VM, with HF_TOKEN for gated
+   models, into OUT/tpu/hub/; `package:` and .gguf models are converted to HF first) and converts it
+   once to EasyLM streaming params in its own 16-bit dtype (OUT/tpu/params/);
 2. checks and adapts DATA_DIR/train.jsonl and val.jsonl to EasyLM's json dataset (OUT/tpu/data/) and
    counts their tokens, which with num_train_epochs sets the number of steps;
 3. renders EasyLM's flags from the job (`trainers.tpu.flags`) and runs EasyLM through
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 from trainers.tpu import data as tpu_data
-from trainers.tpu.flags import FlagError, ModelConfigError, plan, render, tpu_shape
+from trainers.tpu.flags import FlagError, ModelConfigError, memory_plan, plan, render, tpu_shape
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, 75
 REPO = Path(__file__).resolve().parents[2]
@@ -53,16 +55,71 @@ def _model_key(hf_dir: Path) -> str:
 
 
 def convert_base(hf_dir: Path, work: Path) -> Path:
-    """EasyLM params of the base model, converted once per model (a rerun reuses them)."""
-    from trainers.tpu.convert import hf_to_easylm
+    """EasyLM params of the base model, converted once per model (a rerun reuses them).
 
-    params = work / "params" / f"base-{_model_key(hf_dir)}.streaming"
+    In the checkpoint's own 16-bit dtype when it has one (lossless, half of fp32's disk): EasyLM
+    casts what it loads to its fp32 train state.
+    """
+    from trainers.tpu.convert import hf_to_easylm, read_config
+
+    torch_dtype = read_config(hf_dir).get("torch_dtype") or "float32"
+    dtype = torch_dtype if torch_dtype in ("float16", "bfloat16") else "float32"
+    params = work / "params" / f"base-{_model_key(hf_dir)}-{dtype}.streaming"
     if not params.is_file():
         params.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        n = hf_to_easylm(hf_dir, params)
-        _say(f"converted {hf_dir} to EasyLM params ({n} tensors, {time.time() - t0:.0f}s): {params}")
+        n = hf_to_easylm(hf_dir, params, dtype=dtype)
+        _say(f"converted {hf_dir} to EasyLM params ({n} tensors, {dtype}, {time.time() - t0:.0f}s): {params}")
     return params
+
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
+
+
+def download_hub_model(repo_id: str, root: Path) -> Path:
+    """A hub model's config, tokenizer and safetensors weights in root/ORG--NAME, downloaded once.
+
+    HF_TOKEN (a job secret) opens gated models such as meta-llama's. Raises ModelError in one line.
+    """
+    from launcher.models import ModelError
+
+    dest = root / repo_id.replace("/", "--")
+    done = dest / ".complete"
+    if done.is_file():
+        return dest
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    except ImportError:
+        raise ModelError(f"model {repo_id}: a hub id needs huggingface_hub on this machine (pip install huggingface-hub)") from None
+    token = os.environ.get("HF_TOKEN") or None
+    _say(f"downloading {repo_id} from the hub to {dest} (HF_TOKEN {'set' if token else 'not set'})")
+    t0 = time.time()
+    try:
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=HUB_FILES, token=token)
+    except GatedRepoError:
+        raise ModelError(f"model {repo_id}: a gated model; accept its license on the hub and pass HF_TOKEN "
+                         "(it is in the job's secrets: export it before `launcher submit`)") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"model {repo_id}: no such model on the hub (or it is private: pass HF_TOKEN)") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"model {repo_id}: cannot download it from the hub: {first}") from None
+    if not any(dest.glob("*.safetensors")):
+        raise ModelError(f"model {repo_id}: no .safetensors weights on the hub (the TPU converter reads safetensors only)")
+    done.write_text(json.dumps({"repo": repo_id, "seconds": round(time.time() - t0)}))
+    _say(f"downloaded {repo_id} in {time.time() - t0:.0f}s")
+    return dest
+
+
+def model_dir(ref: str, work: Path) -> Path:
+    """A local HF folder for the job's model: as given, converted from GGUF, or downloaded."""
+    from launcher.models import resolve_model
+
+    resolved = Path(resolve_model(ref))
+    if resolved.is_dir():
+        return resolved
+    return download_hub_model(ref, work / "hub")
 
 
 def prepare_data(spec, data_dir: Path, work: Path, tokenizer_dir: Path) -> dict:
@@ -153,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.manifest import is_complete
     from launcher.models import ModelError, resolve_model
     from launcher.spec import SpecError, load_spec
+    from launcher.tpu_plan import PlanError
 
     try:
         spec = load_spec(args.job)
@@ -168,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0"))
 
     try:
-        hf_dir = Path(resolve_model(spec.model))
+        hf_dir = model_dir(spec.model, work)
         if not (hf_dir / "config.json").is_file():
-            raise ModelError(f"model {spec.model}: no config.json there (the TPU trainer needs a local HF folder or a .gguf file)")
+            raise ModelError(f"model {spec.model}: no config.json in {hf_dir} (the TPU trainer needs a HF folder, "
+                             "a hub id, a .gguf file or a package: model)")
         from trainers.tpu.convert import read_config
 
         model_config = read_config(hf_dir)
@@ -180,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         # Refuse a job that cannot run before spending minutes on tokens and weights.
         render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
                train_tokens=1)
+        for line in memory_plan(spec, tpu_type, model_config).lines():
+            _say(line)
         if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
             # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
             _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
@@ -195,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                        val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
         params = convert_base(hf_dir, work)
         flags = [f"--load_checkpoint=params::{params}" if f.startswith("--load_checkpoint=") else f for f in flags]
-    except (SpecError, ModelError, ModelConfigError, FlagError, tpu_data.DataError) as e:
+    except (SpecError, ModelError, ModelConfigError, FlagError, PlanError, tpu_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
