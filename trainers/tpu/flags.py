@@ -209,13 +209,13 @@ def render(spec, tpu_type: str, data_dir: str, out_dir: str, *, model_config: di
     t = spec.train
     shape = llama_shape(model_config)
     check_train_fields(spec)
+    if spec.data.max_length > shape["max_position_embeddings"]:
+        raise FlagError(f"data.max_length: {spec.data.max_length} is longer than the model's max_position_embeddings "
+                        f"({shape['max_position_embeddings']})")
     mem = memory_plan(spec, tpu_type, model_config)
     setup = mem.setup
     p = plan(spec, tpu_type, train_tokens, setup)
     is_cpu = tpu_type.lower().startswith("cpu")
-    if p["seq_length"] > shape["max_position_embeddings"]:
-        raise FlagError(f"data.max_length: {p['seq_length']} is longer than the model's max_position_embeddings "
-                        f"({shape['max_position_embeddings']})")
     if p["hosts"] > 1 and not str(out_dir).startswith("gs://"):
         raise FlagError(f"outputs.bucket: a {tpu_type} has {p['hosts']} hosts, which must share checkpoints; "
                         "set outputs.bucket to a gs://... bucket")
@@ -308,6 +308,25 @@ def render(spec, tpu_type: str, data_dir: str, out_dir: str, *, model_config: di
         # On a TPU pod jax.distributed finds its peers from the TPU metadata: no addresses needed.
         flags["jax_distributed.initialize_jax_distributed"] = True
     return [f"--{k}={_value(v)}" for k, v in flags.items()]
+
+
+def easylm_output_dir(spec, work: str) -> str:
+    """Where EasyLM writes: BUCKET/JOB/easylm for a gs:// bucket (a pod's hosts and a replacement VM
+    read it back), else WORK/run on the VM's disk."""
+    bucket = spec.outputs.bucket
+    if bucket and bucket.startswith("gs://"):
+        return f"{bucket.rstrip('/')}/{spec.name}/easylm"
+    return f"{work}/run"
+
+
+def command(spec, tpu_type: str, work: str, *, python: str, model_config: dict, params_path: str,
+            train_tokens: int, val_tokens: int = 0, prefix_ids: list[int] = ()) -> list[str]:
+    """The whole EasyLM command the TPU trainer runs (`trainers.tpu.easylm_main` and its flags)."""
+    flags = render(spec, tpu_type, f"{work}/data", easylm_output_dir(spec, work), model_config=model_config,
+                   tokenizer_dir=f"{work}/tokenizer", params_path=params_path, train_tokens=train_tokens,
+                   val_tokens=val_tokens, prefix_ids=prefix_ids)
+    keep = spec.train.save_total_limit or 0
+    return [python, "-m", "trainers.tpu.easylm_main", f"--launcher.keep={keep}", *flags]
 
 
 def _value(v) -> str:

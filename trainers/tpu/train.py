@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from trainers.tpu import data as tpu_data
-from trainers.tpu.flags import FlagError, ModelConfigError, memory_plan, plan, render, tpu_shape
+from trainers.tpu.flags import (FlagError, ModelConfigError, command, easylm_output_dir, memory_plan, plan, render,
+                                tpu_shape)
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 1, 2, 75
 REPO = Path(__file__).resolve().parents[2]
@@ -233,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.tpu.convert import read_config
 
         model_config = read_config(hf_dir)
-        bucket = spec.outputs.bucket
         # BUCKET/JOB is the job's folder, as for the GPU trainer: `launcher sync` reads final/ there.
-        easylm_out = f"{bucket.rstrip('/')}/{spec.name}/easylm" if bucket and bucket.startswith("gs://") else str(work / "run")
+        easylm_out = easylm_output_dir(spec, str(work))
         # Refuse a job that cannot run before spending minutes on tokens and weights.
         render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
                train_tokens=1)
@@ -250,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ModelError(f"tokenizer {spec.tokenizer}: not a local folder (the TPU trainer needs the files on disk)")
         tokenizer_dir = tpu_data.easylm_tokenizer(tok_src, work / "tokenizer")
         counts = prepare_data(spec, args.data.resolve(), work, tokenizer_dir)
-        run_plan = plan(spec, tpu_type, counts["train_tokens"])
-        flags = render(spec, tpu_type, str(work / "data"), easylm_out, model_config=model_config,
-                       tokenizer_dir=str(tokenizer_dir), params_path="PENDING", train_tokens=counts["train_tokens"],
-                       val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+        run_plan = plan(spec, tpu_type, counts["train_tokens"], memory_plan(spec, tpu_type, model_config).setup)
         params = convert_base(hf_dir, work)
-        flags = [f"--load_checkpoint=params::{params}" if f.startswith("--load_checkpoint=") else f for f in flags]
+        env = dict(os.environ)
+        cmd = command(spec, tpu_type, str(work), python=env.get("EASYLM_PYTHON") or sys.executable,
+                      model_config=model_config, params_path=str(params), train_tokens=counts["train_tokens"],
+                      val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
     except (SpecError, ModelError, ModelConfigError, FlagError, PlanError, tpu_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"{tpu_type}: {run_plan['devices']} devices on {run_plan['hosts']} host(s), global batch "
          f"{run_plan['batch_size']} x {run_plan['seq_length']} tokens x {run_plan['accumulate']} accumulation, "
          f"{counts['train_tokens']} training tokens -> {run_plan['updates']} updates ({run_plan['total_steps']} EasyLM steps)")
+    flags = cmd[4:]
     (work / "flags.txt").write_text("\n".join(flags) + "\n")
 
-    env = dict(os.environ)
     easylm_dir = env.get("EASYLM_DIR")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), easylm_dir, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # EasyLM prints its metrics as they come, so we (and tests) see them live
@@ -273,9 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     if tpu_type.startswith("cpu"):
         env["JAX_PLATFORMS"] = "cpu"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={run_plan['devices']}".strip()
-    python = env.get("EASYLM_PYTHON") or sys.executable
-    keep = spec.train.save_total_limit or 0
-    cmd = [python, "-m", "trainers.tpu.easylm_main", f"--launcher.keep={keep}", *flags]
     _say("running EasyLM: " + " ".join(cmd[:3]) + f" ... ({len(flags)} flags in {work / 'flags.txt'})")
     log_history: list[dict] = []
     code = run_easylm(cmd, env, log_history)
