@@ -39,7 +39,7 @@ from launcher.errors import LauncherError
 
 GiB = 1024 ** 3
 GB = 1000 ** 3
-USABLE = 0.92  # share of HBM a plan may fill
+USABLE = 0.90  # share of HBM a plan may fill: XLA scratch, fragmentation, the runtime, and this estimate's error
 BYTES = {"fp32": 4, "bf16": 2}
 
 
@@ -252,16 +252,16 @@ def choose(shape: ModelShape, tpu_type: str | Tpu, *, rows: int, seq: int, accum
     t = tpu_type if isinstance(tpu_type, Tpu) else tpu(tpu_type)
     first = Setup(rows=rows, seq=seq, accumulate=accumulate, remat=remat, dtype=dtype, param_dtype=param_dtype,
                   moments="fp32", mesh=(1, t.devices, 1))
-    plan = _search(shape, t, first)
+    tried: list[Plan] = []
+    plan = _search(shape, t, first, tried)
     if plan is None:
-        best = Plan(t, dataclasses.replace(first, rows=1, accumulate=1, remat=True, moments="bf16"), None)  # type: ignore[arg-type]
-        best.memory = memory(shape, best.setup)
+        best = min(tried, key=lambda p: p.memory.total)
         raise PlanError(_no_fit(shape, t, best, seq, dtype, param_dtype))
     return plan
 
 
-def _search(shape: ModelShape, t: Tpu, first: Setup) -> Plan | None:
-    tried = []
+def _search(shape: ModelShape, t: Tpu, first: Setup, tried: list | None = None) -> Plan | None:
+    tried = [] if tried is None else tried
 
     def attempt(s: Setup, why: list[str]) -> Plan | None:
         p = Plan(t, s, memory(shape, s), list(why))
@@ -301,7 +301,8 @@ def _search(shape: ModelShape, t: Tpu, first: Setup) -> Plan | None:
     for mesh in _meshes(t.devices)[1:]:
         trial = dataclasses.replace(s, rows=1, accumulate=1, mesh=mesh)
         why = changes + [f"mesh 1,{t.devices},1 -> {trial.mesh_dim} (model parallel {mesh[2]}: activations split), "
-                         f"batch and accumulation -> {trial.global_batch} x 1"]
+                         f"global batch {trial.global_batch}, accumulation 1: rows per update {first.rows_per_update} -> "
+                         f"{trial.rows_per_update}"]
         if p := attempt(trial, why):
             return p
     return None
@@ -324,7 +325,8 @@ def smallest_fit(shape: ModelShape, *, seq: int, dtype: str = "bf16", param_dtyp
 def _no_fit(shape: ModelShape, t: Tpu, best: Plan, seq: int, dtype: str, param_dtype: str) -> str:
     msg = (f"resources.accelerators: this model ({shape.params() / 1e9:.1f}B parameters with EasyLM's own lm_head) "
            f"does not fit a {t.name}: at least {best.memory.total / GiB:.1f} GiB per chip "
-           f"(batch 1 x {seq}, remat, bf16 moments) of {t.budget / GiB:.1f} usable")
+           f"(mesh {best.setup.mesh_dim}, batch {best.setup.global_batch} x {seq}, remat, bf16 moments) "
+           f"of {t.budget / GiB:.1f} usable")
     anywhere = smallest_fit(shape, seq=seq, dtype=dtype, param_dtype=param_dtype)
     kind = t.name.split("-")[0]
     same = smallest_fit(shape, seq=seq, dtype=dtype, param_dtype=param_dtype, kinds=(kind,))
