@@ -237,8 +237,20 @@ class Plan:
         return out
 
 
-def _meshes(devices: int) -> list[tuple[int, int, int]]:
-    return [(1, devices // mp, mp) for mp in (1, 2, 4, 8) if mp <= devices and devices % mp == 0]
+def _meshes(shape: ModelShape, devices: int) -> list[tuple[int, int, int]]:
+    """Full FSDP, then FSDP x model parallel where EasyLM's partition rules divide the model evenly
+    (JAX wants every sharded dimension divisible): fsdp splits the hidden size; mp splits the
+    vocabulary, the heads, the kv heads and the MLP."""
+    out = []
+    for mp in (1, 2, 4, 8):
+        if mp > devices or devices % mp:
+            continue
+        fsdp = devices // mp
+        if mp > 1 and (shape.hidden % fsdp or shape.vocab % mp or shape.heads % mp or shape.kv_heads % mp
+                       or shape.intermediate % mp):
+            continue
+        out.append((1, fsdp, mp))
+    return out
 
 
 def choose(shape: ModelShape, tpu_type: str | Tpu, *, rows: int, seq: int, accumulate: int, remat: bool,
@@ -298,7 +310,7 @@ def _search(shape: ModelShape, t: Tpu, first: Setup, tried: list | None = None) 
                          f"(the accumulation buffer does not fit)"]
         if p := attempt(trial, why):
             return p
-    for mesh in _meshes(t.devices)[1:]:
+    for mesh in _meshes(shape, t.devices)[1:]:
         trial = dataclasses.replace(s, rows=1, accumulate=1, mesh=mesh)
         why = changes + [f"mesh 1,{t.devices},1 -> {trial.mesh_dim} (model parallel {mesh[2]}: activations split), "
                          f"global batch {trial.global_batch}, accumulation 1: rows per update {first.rows_per_update} -> "

@@ -124,3 +124,10 @@ def test_the_plan_imports_nothing_heavy():
             "print(sorted(m for m in ('torch', 'jax', 'numpy', 'pydantic', 'transformers', 'sky') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_model_parallel_only_where_the_model_divides_evenly():
+    # 9 heads (SmolLM2's): no mp of 2, 4 or 8 can split them, so no such mesh is ever chosen.
+    odd = ModelShape(hidden=576 * 8, layers=60, heads=9, kv_heads=3, intermediate=1536 * 8, vocab=49152)
+    assert tpu_plan._meshes(odd, 8) == [(1, 8, 1)]
+    assert tpu_plan._meshes(LLAMA2_7B, 8) == [(1, 8, 1), (1, 4, 2), (1, 2, 4), (1, 1, 8)]
