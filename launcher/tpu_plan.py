@@ -16,7 +16,10 @@ What one chip holds during EasyLM's sharded train step (its `pjit` with FSDP ove
 - transients: one block's weights all-gathered and its gradients before the reduce-scatter, and the
   logits/cross-entropy with the gathered lm_head.
 A plan fits when that total stays under `USABLE` of the chip's HBM (the rest is XLA's scratch,
-fragmentation and the runtime's own reservation).
+fragmentation, the runtime's own reservation and this estimate's error). The activation and
+transient terms are an estimate not yet checked against XLA: jax 0.4.28 (EasyLM's) reports zeros
+from a CPU compile's memory_analysis(); current jax reports real per-device figures, but EasyLM does
+not run on it.
 
 `choose()` starts from the job's settings and, only where they do not fit, turns remat on, moments
 to bf16, shrinks the micro-batch while raising accumulation (same rows per update), drops
