@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_FILES = {
     "gpu": ["images/gpu/Dockerfile", "images/gpu/requirements.txt", "images/gpu/models.txt", "images/python-env.sh",
             "pyproject.toml", "README.md", "launcher", "dataprep", "trainers"],
-    "tpu": ["images/tpu/Dockerfile", "images/tpu/requirements.txt", "images/python-env.sh",
+    "tpu": ["images/tpu/Dockerfile", "images/tpu/requirements.txt", "images/gpu/models.txt", "images/python-env.sh",
             "pyproject.toml", "README.md", "launcher", "dataprep", "trainers"],
 }
 SKIP = {"__pycache__", ".pytest_cache", ".mypy_cache"}

@@ -7,14 +7,34 @@ stopped, only deleted, so autostop always tears it down.
 Before launching, a preflight asks the TPU API (google-cloud-tpu) whether the accelerator type
 is offered in the chosen zone for the user's project: a wrong zone fails in one line instead of
 after minutes of provisioning retries.
+
+Before anything is rendered, `tpu_report` checks the job against what the TPU trainer will do: every
+`train:` field EasyLM cannot honour is refused; the model's config (a local folder, or a hub id's
+config.json, fetched once and cached) gives the per-chip memory plan (`launcher.tpu_plan`), refused
+with the smallest TPU that fits when nothing does; the disk plan sets `disk_size` (or refuses a
+`resources.disk_size` too small for a run without a gs:// bucket); the dry-run shows all of it with
+the hub download and the exact EasyLM command.
 """
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from launcher.backends import register
 from launcher.backends.base import BackendError
-from launcher.backends.sky import SkyBackend
+from launcher.backends.sky import NODE_OUT, SkyBackend
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class TpuReport:
+    lines: list[str] = field(default_factory=list)
+    disk_size: int | None = None
 
 
 @register
@@ -28,6 +48,25 @@ class GCPBackend(SkyBackend):
         super().check(spec)
         if not spec.resources.is_tpu:
             raise BackendError("cloud gcp is for TPU VMs here: give a TPU type, e.g. --tpu v3-8 --zone europe-west4-a")
+
+    def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None) -> dict:
+        report = tpu_report(spec, Path(job_file), hf_token=bool(secrets.get("HF_TOKEN")))
+        task = super().render(spec, job_file, secrets=secrets, image=image)
+        if report.disk_size:
+            task["resources"]["disk_size"] = report.disk_size
+        self._report = report
+        return task
+
+    def dry_run(self, spec, job_file: Path) -> str:
+        out = super().dry_run(spec, job_file)
+        plan = "\n".join(f"# {line}" for line in self._report.lines)
+        return out.replace("# nothing was launched", plan + "\n# nothing was launched")
+
+    def submit(self, job, spec, *, detach: bool = True):
+        job = super().submit(job, spec, detach=detach)
+        for line in getattr(self, "_report", TpuReport()).lines[:8]:
+            print(f"{job.id}: {line}", file=sys.stderr)
+        return job
 
     def preflight(self, spec) -> None:
         super().preflight(spec)
@@ -59,3 +98,91 @@ def tpu_offered(accelerator: str, zone: str, *, project: str | None, client=None
         raise BackendError(f"TPU {accelerator} is not offered in zone {zone} for project {project}"
                            + (f" (offered there: {', '.join(offered)})" if offered else "")
                            + "; pick the zone of your quota with --zone")
+
+
+def _image_packages() -> set[str]:
+    """The model packages the images install (images/gpu/models.txt, also the TPU image's)."""
+    names = set()
+    for line in (REPO / "images" / "gpu" / "models.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(re.split(r"[=<>!~ ]", line, maxsplit=1)[0].lower().replace("-", "_"))
+    return names
+
+
+def tpu_report(spec, job_file: Path, *, hf_token: bool) -> TpuReport:
+    """What the TPU trainer will do with this job, or BackendError for what it cannot (one line)."""
+    from launcher import tpu_plan
+    from trainers.tpu import flags as tpu_flags
+
+    report = TpuReport()
+    if not spec.resources.is_tpu:
+        return report
+    tpu_type = spec.resources.accelerators.lower().removeprefix("tpu-").split(":")[0]
+    try:
+        notes = tpu_flags.check_train_fields(spec)
+    except tpu_flags.FlagError as e:
+        raise BackendError(str(e)) from None
+    base = job_file.resolve().parent
+    model = spec.model
+    hub = False
+    if model.startswith("package:"):
+        name = model.split(":", 1)[1]
+        if name.lower().replace("-", "_") not in _image_packages():
+            raise BackendError(f"model: {model} is not in the TPU image (it has the packages of images/gpu/models.txt: "
+                               f"{', '.join(sorted(_image_packages()))}); use a hub id or a local folder")
+        report.lines.append(f"model: {model}, shipped in the image; converted from GGUF to HF on the VM")
+    elif not (base / model).expanduser().exists() and not model.startswith((".", "/", "~")) and not model.endswith(".gguf"):
+        hub = True
+        report.lines.append(f"download: {model} from the hub on the TPU VM (config, tokenizer, safetensors) into "
+                            f"{NODE_OUT}/{spec.name}/tpu/hub/{model.replace('/', '--')}, then converted to EasyLM params; "
+                            + ("HF_TOKEN passed as a secret" if hf_token else
+                               "HF_TOKEN not set: a gated model (meta-llama/...) will fail to download"))
+    cfg, source = tpu_plan.model_config(model, base)
+    if cfg is None:
+        report.lines.append(f"memory plan: not computed ({source})")
+        report.lines += notes
+        return report
+    try:
+        tpu_flags.llama_shape(cfg)
+        mem = tpu_flags.memory_plan(spec, tpu_type, cfg)
+    except (tpu_flags.FlagError, tpu_flags.ModelConfigError) as e:
+        raise BackendError(str(e)) from None
+    report.lines.append(f"model config: {source}")
+    report.lines += mem.lines()
+
+    shape = tpu_plan.ModelShape.from_hf_config(cfg)
+    gs = bool(spec.outputs.bucket and spec.outputs.bucket.startswith("gs://"))
+    limit = spec.train.save_total_limit
+    disk = tpu_plan.disk_plan(shape, hub_download=hub, bucket=gs, accumulate=mem.setup.accumulate,
+                              exports=limit if limit else 10)
+    report.lines += disk.lines()
+    if limit is None and not gs:
+        report.lines.append("  (train.save_total_limit unset: milestone params counted as 10)")
+    if "disk_size" in spec.resources.model_fields_set:
+        if spec.resources.disk_size * tpu_plan.GB < disk.total:
+            raise BackendError(f"resources.disk_size: {spec.resources.disk_size} GB is less than the "
+                               f"{disk.total / tpu_plan.GB:.0f} GB this run needs on the TPU VM "
+                               + ("" if gs else "without a gs:// bucket ")
+                               + f"({', '.join(f'{k} {v / tpu_plan.GB:.0f}' for k, v in disk.parts.items())}); "
+                               + f"raise it to {disk.size_gb}"
+                               + ("" if gs else " or set outputs.bucket to gs://... (train states then go there)"))
+        report.lines.append(f"  resources.disk_size {spec.resources.disk_size} GB as set (enough)")
+    else:
+        report.disk_size = disk.size_gb
+
+    work = f"{NODE_OUT}/{spec.name}/tpu"
+    if spec.train.max_steps > 0:
+        tokens, when = 1, ""
+    else:
+        tokens, when = 10 ** 9, " (total_steps, lr_decay_steps and eval_steps shown for 1e9 training tokens: " \
+                                "the trainer sets them from the token count after data prep)"
+    dtype = cfg.get("torch_dtype") if cfg.get("torch_dtype") in ("float16", "bfloat16") else "float32"
+    cmd = tpu_flags.command(spec, tpu_type, work, python="python3", model_config=cfg,
+                            params_path=f"{work}/params/base-MODELKEY-{dtype}.streaming", train_tokens=tokens,
+                            val_tokens=10 ** 6 if spec.train.do_eval else 0)
+    report.lines.append("EasyLM command" + when + ":")
+    report.lines.append("  " + " ".join(shlex.quote(c) for c in cmd))
+    report.lines += notes
+    return report
+

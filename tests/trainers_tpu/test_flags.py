@@ -129,3 +129,47 @@ def test_renderer_imports_no_heavy_library():
             "print(sorted(m for m in ('torch', 'jax', 'numpy', 'transformers', 'launcher.cli') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_every_train_field_is_mapped_or_refused():
+    from launcher.spec import TrainConfig
+    from trainers.tpu.flags import TRAIN_FIELDS, check_train_fields
+
+    assert set(TRAIN_FIELDS) == set(TrainConfig.model_fields)
+    assert check_train_fields(make_spec()) == ["train.sample_prompts: no samples on TPU"]
+    refused = {"optim": "adafactor", "data_seed": 7, "logging_first_step": False, "dataloader_num_workers": 4,
+               "eval_on_start": False, "ddp_find_unused_parameters": True, "sample_prompts": 5,
+               "attn_implementation": "flash_attention_2", "report_to": "tensorboard"}
+    for field, value in refused.items():
+        with pytest.raises(FlagError) as e:
+            check_train_fields(make_spec(**{field: value}))
+        assert str(e.value).startswith(f"train.{field}: ") and "\n" not in str(e.value)
+    # Values EasyLM does honour pass: another AdamW name, one tokenizer process, no samples, fsdp.
+    check_train_fields(make_spec(optim="adamw_torch", dataloader_num_workers=0, sample_prompts=0, fsdp=True,
+                                 data_seed=None, attn_implementation="eager"))
+
+
+def test_llama2_7b_on_a_v3_8_renders_the_plan_that_fits():
+    """The issue's defaults (batch 8 a chip, accumulation 8, no remat) become a plan that fits."""
+    cfg = json.loads((HERE.parent / "fixtures" / "model_configs" / "llama-2-7b-hf.json").read_text())
+    spec = make_spec(per_device_train_batch_size=8, gradient_accumulation_steps=8, gradient_checkpointing=False,
+                     do_eval=True)
+    spec.data.max_length = 2048
+    f = flags_of(spec, "v3-8", cfg, val_tokens=100_000)
+    from trainers.tpu.flags import memory_plan
+
+    p = memory_plan(spec, "v3-8", cfg)
+    assert p.fits and f["mesh_dim"] == p.setup.mesh_dim
+    assert f["optimizer.adamw_optimizer.bf16_momentum"] == "True" and f["llama.remat_policy"] == "nothing_saveable"
+    assert int(f["train_dataset.json_dataset.batch_size"]) == p.setup.global_batch
+    assert int(f["optimizer.accumulate_gradient_steps"]) == p.setup.accumulate
+    assert int(f["eval_dataset.json_dataset.batch_size"]) <= p.setup.global_batch
+    assert f["llama.num_hidden_layers"] == "32" and f["llama.hidden_size"] == "4096"
+    # Llama-3-8B: a plan that fits, or the smallest TPU that would, in one line.
+    cfg3 = json.loads((HERE.parent / "fixtures" / "model_configs" / "llama-3-8b.json").read_text())
+    try:
+        f3 = flags_of(spec, "v3-8", cfg3)
+    except FlagError as e:
+        assert "smallest TPU that fits" in str(e) and "\n" not in str(e)
+    else:
+        assert f3["optimizer.adamw_optimizer.bf16_momentum"] == "True"

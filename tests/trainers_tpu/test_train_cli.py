@@ -43,3 +43,32 @@ def test_bad_inputs_exit_2_with_one_line(tiny_llama, tmp_path):
     empty.mkdir()
     r = run_train(tmp_path / "e", base_job(tiny_llama), data=empty)
     assert r.returncode == 2 and "train.jsonl: not found" in r.stderr
+
+
+def test_hub_ids_are_downloaded_on_the_vm_and_cached(tiny_llama, tmp_path, monkeypatch):
+    import shutil
+
+    job = {**base_job("someorg/tiny-llama"), "train": {"sample_prompts": 0}}
+    # Offline (nothing listens on port 9): one line naming the model, before any data work.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    r = run_train(tmp_path / "offline", job)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model someorg/tiny-llama: cannot download it from the hub" in lines[0], r.stderr
+    assert "downloading someorg/tiny-llama from the hub" in r.stdout
+    # A finished download in the run folder is reused: the run goes on to the data (empty here).
+    cached = tmp_path / "cached" / "run" / "tpu" / "hub" / "someorg--tiny-llama"
+    shutil.copytree(tiny_llama, cached)
+    (cached / ".complete").write_text("{}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_train(tmp_path / "cached", job, data=empty)
+    assert r.returncode == 2 and "train.jsonl: not found" in r.stderr, r.stderr
+    assert "downloading" not in r.stdout and "memory plan per chip on v3-8" in r.stdout
+
+
+def test_refused_train_field_names_it(tiny_llama, tmp_path):
+    r = run_train(tmp_path, {**base_job(tiny_llama), "train": {"optim": "adafactor"}})
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: train.optim: 'adafactor' is not available on TPU")

@@ -9,7 +9,11 @@ after patching a few of its functions in memory (EasyLM's files are never touche
   We bind the flag's value into `apply_rotary_emb`.
 - complete checkpoints: EasyLM writes its train state in place, with nothing that says it finished.
   After each save we write `complete_<step>.json` (and `complete.json` for the start/end save, which
-  is removed before that file is overwritten), and prune milestones beyond `--launcher.keep`.
+  is removed before that file is overwritten).
+- disk: a milestone also writes its params in bf16 (`streaming_params_<step>`, a quarter of the
+  fp32 train state: what an export needs). Only the newest complete train state is kept (what a
+  resume needs; the previous one goes once the next is marked complete, and all of them once the
+  final state is); milestone params beyond `--launcher.keep` are pruned.
 - resume: if the output folder has a complete train state, we load it (`trainstate::`) and start
   the json dataset at the saved file position, instead of the converted base model.
 - SIGTERM (preemption, `launcher down`): the data stream ends at the next step, EasyLM's loop ends
@@ -138,14 +142,21 @@ def main() -> None:
         if self.enable and not milestone and fs.exists(marker):
             fs.rm(marker)  # the files it vouches for are about to be overwritten
         save_all(self, train_state, gather_fns, metadata=metadata, dataset=dataset, milestone=milestone)
+        record = {"step": step}
+        if milestone:
+            # Every host takes part in the gathers; only the first writes (EasyLM's own convention).
+            name = f"streaming_params_{step}"
+            path = posixpath.join(self.checkpoint_dir, name) if self.enable else "/dev/null"
+            Checkpointer.save_train_state_to_file(train_state.params["params"], path,
+                                                  gather_fns.params["params"], "bf16")
+            record["params"] = name
         if not self.enable:
             return
         suffix = f"_{step}" if milestone else ""
         with fs.open(marker, "w") as f:
-            json.dump({"step": step, "train_state": f"streaming_train_state{suffix}",
+            json.dump({**record, "train_state": f"streaming_train_state{suffix}",
                        "dataset": f"dataset{suffix}.pkl", "metadata": f"metadata{suffix}.pkl"}, f)
-        if milestone and keep > 0:
-            _prune(fs, root, keep)
+        _prune(fs, root, keep, final=not milestone)
 
     Checkpointer.save_all = save_all_marked
 
@@ -189,18 +200,31 @@ class _Stoppable:
             yield item
 
 
-def _prune(fs, root: str, keep: int) -> None:
-    """Delete milestones older than the newest `keep` complete ones (marker first, then its files)."""
+def _prune(fs, root: str, keep: int, final: bool = False) -> None:
+    """Keep the newest complete train state only (all milestone states once `final`, the end or
+    SIGTERM save, is complete) and the newest `keep` milestone params (0: all). Markers go last,
+    once nothing they name is left."""
     steps = []
     for path in fs.ls(root, detail=False):
         name = posixpath.basename(path.rstrip("/"))
         if name.startswith("complete_") and name.endswith(".json"):
             steps.append(int(name[len("complete_"):-len(".json")]))
-    for step in sorted(steps)[:-keep]:
-        for name in (f"complete_{step}.json", f"streaming_train_state_{step}", f"dataset_{step}.pkl", f"metadata_{step}.pkl"):
-            p = posixpath.join(root, name)
-            if fs.exists(p):
-                fs.rm(p)
+    steps.sort()
+    old_states = steps if final else steps[:-1]
+    old_params = steps[:-keep] if keep > 0 else []
+
+    def rm(name):
+        p = posixpath.join(root, name)
+        if fs.exists(p):
+            fs.rm(p)
+
+    for step in old_states:
+        for name in (f"streaming_train_state_{step}", f"dataset_{step}.pkl", f"metadata_{step}.pkl"):
+            rm(name)
+    for step in old_params:
+        rm(f"streaming_params_{step}")
+    for step in set(old_states) & set(old_params):
+        rm(f"complete_{step}.json")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
     python -m trainers.tpu.train JOB.yaml --data DATA_DIR --out OUT [--tpu-type v3-8]
 
-1. resolves the job's model and converts it once to EasyLM streaming params (OUT/tpu/params/);
+1. resolves the job's model (a hub id is downloaded here, on the TPU VM, with HF_TOKEN for gated
+   models, into OUT/tpu/hub/; `package:` and .gguf models are converted to HF first) and converts it
+   once to EasyLM streaming params in its own 16-bit dtype (OUT/tpu/params/);
 2. checks and adapts DATA_DIR/train.jsonl and val.jsonl to EasyLM's json dataset (OUT/tpu/data/) and
    counts their tokens, which with num_train_epochs sets the number of steps;
 3. renders EasyLM's flags from the job (`trainers.tpu.flags`) and runs EasyLM through
@@ -34,7 +36,8 @@ from pathlib import Path
 
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED
 from trainers.tpu import data as tpu_data
-from trainers.tpu.flags import FlagError, ModelConfigError, plan, render, tpu_shape
+from trainers.tpu.flags import (FlagError, ModelConfigError, command, easylm_output_dir, memory_plan, plan, render,
+                                tpu_shape)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,16 +56,71 @@ def _model_key(hf_dir: Path) -> str:
 
 
 def convert_base(hf_dir: Path, work: Path) -> Path:
-    """EasyLM params of the base model, converted once per model (a rerun reuses them)."""
-    from trainers.tpu.convert import hf_to_easylm
+    """EasyLM params of the base model, converted once per model (a rerun reuses them).
 
-    params = work / "params" / f"base-{_model_key(hf_dir)}.streaming"
+    In the checkpoint's own 16-bit dtype when it has one (lossless, half of fp32's disk): EasyLM
+    casts what it loads to its fp32 train state.
+    """
+    from trainers.tpu.convert import hf_to_easylm, read_config
+
+    torch_dtype = read_config(hf_dir).get("torch_dtype") or "float32"
+    dtype = torch_dtype if torch_dtype in ("float16", "bfloat16") else "float32"
+    params = work / "params" / f"base-{_model_key(hf_dir)}-{dtype}.streaming"
     if not params.is_file():
         params.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        n = hf_to_easylm(hf_dir, params)
-        _say(f"converted {hf_dir} to EasyLM params ({n} tensors, {time.time() - t0:.0f}s): {params}")
+        n = hf_to_easylm(hf_dir, params, dtype=dtype)
+        _say(f"converted {hf_dir} to EasyLM params ({n} tensors, {dtype}, {time.time() - t0:.0f}s): {params}")
     return params
+
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
+
+
+def download_hub_model(repo_id: str, root: Path) -> Path:
+    """A hub model's config, tokenizer and safetensors weights in root/ORG--NAME, downloaded once.
+
+    HF_TOKEN (a job secret) opens gated models such as meta-llama's. Raises ModelError in one line.
+    """
+    from launcher.models import ModelError
+
+    dest = root / repo_id.replace("/", "--")
+    done = dest / ".complete"
+    if done.is_file():
+        return dest
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    except ImportError:
+        raise ModelError(f"model {repo_id}: a hub id needs huggingface_hub on this machine (pip install huggingface-hub)") from None
+    token = os.environ.get("HF_TOKEN") or None
+    _say(f"downloading {repo_id} from the hub to {dest} (HF_TOKEN {'set' if token else 'not set'})")
+    t0 = time.time()
+    try:
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=HUB_FILES, token=token)
+    except GatedRepoError:
+        raise ModelError(f"model {repo_id}: a gated model; accept its license on the hub and pass HF_TOKEN "
+                         "(it is in the job's secrets: export it before `launcher submit`)") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"model {repo_id}: no such model on the hub (or it is private: pass HF_TOKEN)") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"model {repo_id}: cannot download it from the hub: {first}") from None
+    if not any(dest.glob("*.safetensors")):
+        raise ModelError(f"model {repo_id}: no .safetensors weights on the hub (the TPU converter reads safetensors only)")
+    done.write_text(json.dumps({"repo": repo_id, "seconds": round(time.time() - t0)}))
+    _say(f"downloaded {repo_id} in {time.time() - t0:.0f}s")
+    return dest
+
+
+def model_dir(ref: str, work: Path) -> Path:
+    """A local HF folder for the job's model: as given, converted from GGUF, or downloaded."""
+    from launcher.models import resolve_model
+
+    resolved = Path(resolve_model(ref))
+    if resolved.is_dir():
+        return resolved
+    return download_hub_model(ref, work / "hub")
 
 
 def prepare_data(spec, data_dir: Path, work: Path, tokenizer_dir: Path) -> dict:
@@ -153,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.manifest import is_complete
     from launcher.models import ModelError, resolve_model
     from launcher.spec import SpecError, load_spec
+    from launcher.tpu_plan import PlanError
 
     try:
         spec = load_spec(args.job)
@@ -168,18 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0"))
 
     try:
-        hf_dir = Path(resolve_model(spec.model))
+        hf_dir = model_dir(spec.model, work)
         if not (hf_dir / "config.json").is_file():
-            raise ModelError(f"model {spec.model}: no config.json there (the TPU trainer needs a local HF folder or a .gguf file)")
+            raise ModelError(f"model {spec.model}: no config.json in {hf_dir} (the TPU trainer needs a HF folder, "
+                             "a hub id, a .gguf file or a package: model)")
         from trainers.tpu.convert import read_config
 
         model_config = read_config(hf_dir)
-        bucket = spec.outputs.bucket
         # BUCKET/JOB is the job's folder, as for the GPU trainer: `launcher sync` reads final/ there.
-        easylm_out = f"{bucket.rstrip('/')}/{spec.name}/easylm" if bucket and bucket.startswith("gs://") else str(work / "run")
+        easylm_out = easylm_output_dir(spec, str(work))
         # Refuse a job that cannot run before spending minutes on tokens and weights.
         render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
                train_tokens=1)
+        for line in memory_plan(spec, tpu_type, model_config).lines():
+            _say(line)
         if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
             # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
             _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
@@ -189,22 +250,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ModelError(f"tokenizer {spec.tokenizer}: not a local folder (the TPU trainer needs the files on disk)")
         tokenizer_dir = tpu_data.easylm_tokenizer(tok_src, work / "tokenizer")
         counts = prepare_data(spec, args.data.resolve(), work, tokenizer_dir)
-        run_plan = plan(spec, tpu_type, counts["train_tokens"])
-        flags = render(spec, tpu_type, str(work / "data"), easylm_out, model_config=model_config,
-                       tokenizer_dir=str(tokenizer_dir), params_path="PENDING", train_tokens=counts["train_tokens"],
-                       val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+        run_plan = plan(spec, tpu_type, counts["train_tokens"], memory_plan(spec, tpu_type, model_config).setup)
         params = convert_base(hf_dir, work)
-        flags = [f"--load_checkpoint=params::{params}" if f.startswith("--load_checkpoint=") else f for f in flags]
-    except (SpecError, ModelError, ModelConfigError, FlagError, tpu_data.DataError) as e:
+        env = dict(os.environ)
+        cmd = command(spec, tpu_type, str(work), python=env.get("EASYLM_PYTHON") or sys.executable,
+                      model_config=model_config, params_path=str(params), train_tokens=counts["train_tokens"],
+                      val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+    except (SpecError, ModelError, ModelConfigError, FlagError, PlanError, tpu_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
     _say(f"{tpu_type}: {run_plan['devices']} devices on {run_plan['hosts']} host(s), global batch "
          f"{run_plan['batch_size']} x {run_plan['seq_length']} tokens x {run_plan['accumulate']} accumulation, "
          f"{counts['train_tokens']} training tokens -> {run_plan['updates']} updates ({run_plan['total_steps']} EasyLM steps)")
+    flags = cmd[4:]
     (work / "flags.txt").write_text("\n".join(flags) + "\n")
 
-    env = dict(os.environ)
     easylm_dir = env.get("EASYLM_DIR")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), easylm_dir, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # EasyLM prints its metrics as they come, so we (and tests) see them live
@@ -212,9 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     if tpu_type.startswith("cpu"):
         env["JAX_PLATFORMS"] = "cpu"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={run_plan['devices']}".strip()
-    python = env.get("EASYLM_PYTHON") or sys.executable
-    keep = spec.train.save_total_limit or 0
-    cmd = [python, "-m", "trainers.tpu.easylm_main", f"--launcher.keep={keep}", *flags]
     _say("running EasyLM: " + " ".join(cmd[:3]) + f" ... ({len(flags)} flags in {work / 'flags.txt'})")
     log_history: list[dict] = []
     code = run_easylm(cmd, env, log_history)

@@ -1,0 +1,454 @@
+"""Per-chip memory and disk plans for a full fine-tune with EasyLM on a TPU, before anything launches.
+
+Pure arithmetic on a model's shape (`ModelShape`, from a HF config.json) and a run's settings
+(`Setup`: micro-batch, sequence, accumulation, remat, dtypes, mesh): standard library only, no JAX,
+so the dry-run, the TPU trainer (which renders the same choice into EasyLM's flags) and the
+estimator can all share it.
+
+What one chip holds during EasyLM's sharded train step (its `pjit` with FSDP over `fsdp` x `mp`):
+- the train state, sharded over every chip: params (fp32; EasyLM's `param_dtype` reaches only
+  lm_head), gradients (the params' dtype), AdamW moments (mu in bf16 with `bf16_momentum`, nu always
+  fp32: optax's `mu_dtype` covers the first moment only) and, with accumulation, optax.MultiSteps'
+  gradient buffer (the params' dtype);
+- activations of the micro-batch rows one FSDP shard holds: with remat only each block's input is
+  kept, without it every block keeps its intermediates (EasyLM's attention is not fused: the
+  heads x seq x seq scores are materialised in fp32);
+- transients: one block's weights all-gathered and its gradients before the reduce-scatter, and the
+  logits/cross-entropy with the gathered lm_head.
+A plan fits when that total stays under `USABLE` of the chip's HBM (the rest is XLA's scratch,
+fragmentation, the runtime's own reservation and this estimate's error). The activation and
+transient terms are an estimate not yet checked against XLA: jax 0.4.28 (EasyLM's) reports zeros
+from a CPU compile's memory_analysis(); current jax reports real per-device figures, but EasyLM does
+not run on it.
+
+`choose()` starts from the job's settings and, only where they do not fit, turns remat on, moments
+to bf16, shrinks the micro-batch while raising accumulation (same rows per update), drops
+accumulation, then adds model parallelism; each change is one line of `Plan.changes`. When nothing
+fits, `PlanError` names the smallest TPU type that would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher.errors import LauncherError
+
+GiB = 1024 ** 3
+GB = 1000 ** 3
+USABLE = 0.90  # share of HBM a plan may fill: XLA scratch, fragmentation, the runtime, and this estimate's error
+BYTES = {"fp32": 4, "bf16": 2}
+
+
+class PlanError(LauncherError):
+    """A run that cannot fit (or a model whose shape cannot be known); one line."""
+
+
+# -- TPU types ----------------------------------------------------------------------------------
+
+# kind: (HBM per JAX device in GiB, TensorCores (or chips for v5e/v6e) per device, devices per host)
+_KINDS = {
+    "v2": (8, 1, 8),
+    "v3": (16, 1, 8),
+    "v4": (32, 2, 4),
+    "v5p": (95, 2, 4),
+    "v5litepod": (16, 1, 8),
+    "v5e": (16, 1, 8),
+    "v6e": (32, 1, 8),
+    "cpu": (64, 1, 1 << 30),  # tests: cpu-N, N simulated devices on one host
+}
+# The types `smallest_fit` considers, in the order it prefers among those with equal total HBM.
+CANDIDATES = ["v2-8", "v3-8", "v5litepod-8", "v4-8", "v2-16", "v3-16", "v5litepod-16", "v4-16", "v6e-8",
+              "v2-32", "v3-32", "v5litepod-32", "v4-32", "v5p-8", "v6e-16", "v3-64", "v5litepod-64", "v4-64",
+              "v5p-16", "v6e-32", "v3-128", "v4-128", "v5p-32", "v6e-64", "v3-256", "v4-256", "v5p-64"]
+
+
+@dataclass(frozen=True)
+class Tpu:
+    name: str
+    devices: int        # JAX devices (v4/v5p: megacore chips; v2/v3: TensorCores)
+    hosts: int
+    hbm_gib: float      # per device
+
+    @property
+    def budget(self) -> float:
+        return self.hbm_gib * GiB * USABLE
+
+
+def tpu(name: str) -> Tpu:
+    """A TPU type such as v3-8, tpu-v4-8, v5litepod-16; `cpu-N` for tests. Raises PlanError."""
+    t = name.lower().removeprefix("tpu-").split(":")[0]
+    m = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v5e|v6e|cpu)(?:-(\d+))?", t)
+    if not m or (m.group(1) != "cpu" and not m.group(2)):
+        raise PlanError(f"resources.accelerators: unknown TPU type {name!r} (expected e.g. tpu-v3-8, tpu-v4-8, tpu-v3-32)")
+    kind, n = m.group(1), int(m.group(2) or 1)
+    hbm, per_device, per_host = _KINDS[kind]
+    if kind == "cpu":
+        return Tpu(t, n, 1, hbm)
+    devices = max(1, n // per_device)
+    if kind in ("v5litepod", "v5e", "v6e"):
+        hosts = 1 if n <= 8 else n // 4  # pods of these have 4 chips per host
+    else:
+        hosts = max(1, n // 8)
+    return Tpu(t, devices, hosts, hbm)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a LLaMA-family model that its memory depends on."""
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    tied: bool = False
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "ModelShape":
+        heads = cfg["num_attention_heads"]
+        return cls(hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=heads,
+                   kv_heads=cfg.get("num_key_value_heads") or heads, intermediate=cfg["intermediate_size"],
+                   vocab=cfg["vocab_size"], tied=bool(cfg.get("tie_word_embeddings", False)))
+
+    @property
+    def layer_params(self) -> int:
+        h, kv = self.hidden, self.hidden // self.heads * self.kv_heads
+        return 2 * h * h + 2 * h * kv + 3 * h * self.intermediate + 2 * h
+
+    @property
+    def embed_params(self) -> int:
+        return self.vocab * self.hidden
+
+    def params(self, *, easylm: bool = True) -> int:
+        """Parameter count; EasyLM always has its own lm_head, tied or not."""
+        head = self.embed_params if (easylm or not self.tied) else 0
+        return self.embed_params + self.layers * self.layer_params + self.hidden + head
+
+
+# -- a run's settings and its memory ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setup:
+    """What decides a train step's memory. Rows are sequences; `rows` is per FSDP shard."""
+    rows: int                       # micro-batch rows each FSDP shard holds (global batch / fsdp)
+    seq: int
+    accumulate: int = 1
+    remat: bool = True              # EasyLM remat_policy nothing_saveable
+    dtype: str = "bf16"             # activations (EasyLM --dtype)
+    param_dtype: str = "fp32"       # EasyLM --param_dtype: reaches lm_head only
+    moments: str = "fp32"           # AdamW mu; bf16 = EasyLM bf16_momentum (nu stays fp32)
+    mesh: tuple[int, int, int] = (1, 8, 1)  # dp, fsdp, mp
+
+    @property
+    def global_batch(self) -> int:
+        return self.rows * self.mesh[0] * self.mesh[1]
+
+    @property
+    def rows_per_update(self) -> int:
+        return self.global_batch * self.accumulate
+
+    @property
+    def mesh_dim(self) -> str:
+        return ",".join(map(str, self.mesh))
+
+
+@dataclass
+class Memory:
+    """Bytes per chip, by what holds them."""
+    parts: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
+
+
+def memory(shape: ModelShape, s: Setup) -> Memory:
+    """Per-chip bytes of EasyLM's sharded train step for `shape` run as `s`."""
+    dp, fsdp, mp = s.mesh
+    shards = fsdp * mp
+    n = shape.params()
+    head = shape.embed_params
+    p_bytes = (n - head) * 4 + head * BYTES[s.param_dtype]
+    a = BYTES[s.dtype]
+    b, S, H, L = s.rows, s.seq, shape.hidden, shape.layers
+    kv = H // shape.heads * shape.kv_heads
+    parts = {
+        "params": p_bytes / shards,
+        "gradients": p_bytes / shards,
+        "adam mu": n * BYTES[s.moments] / shards,
+        "adam nu": n * 4 / shards,
+        "accumulation": p_bytes / shards if s.accumulate > 1 else 0.0,
+    }
+    # One block's intermediates (b rows, split over mp where EasyLM shards heads and the MLP): what
+    # its backward keeps (q, k, v, attention output; the fp32 softmax of the heads x seq x seq scores;
+    # the MLP's gate, up and product) and, while it runs, the scores' gradient and pre-softmax copy.
+    scores = b * shape.heads * S * S * 4
+    kept = (b * S * (3 * H + 2 * kv) * a + scores + 3 * b * S * shape.intermediate * a) / mp
+    peak = kept + (2 * scores + b * S * shape.intermediate * a) / mp
+    residual = b * S * H * a  # a block's input, replicated over mp
+    if s.remat:
+        parts["activations"] = L * residual
+        parts["block recompute"] = peak + 2 * residual
+    else:
+        parts["activations"] = L * (kept + 2 * residual)
+        parts["block recompute"] = peak - kept
+    # FSDP transients: one block's weights gathered, and its full gradient before the reduce-scatter.
+    gathered_block = 2 * shape.layer_params * 4 / mp
+    # The head: lm_head gathered with its gradient, logits in the activation dtype, log-softmax and
+    # its gradient in fp32.
+    gathered_head = 2 * head * 4 / mp + b * S * shape.vocab * (a + 8) / mp
+    parts["transients"] = max(gathered_block, gathered_head)
+    return Memory(parts)
+
+
+# -- choosing what fits -------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    tpu: Tpu
+    setup: Setup
+    memory: Memory
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.tpu.budget
+
+    def lines(self) -> list[str]:
+        s, m = self.setup, self.memory
+        out = [f"memory plan per chip on {self.tpu.name} ({self.tpu.devices} devices x {self.tpu.hbm_gib:g} GiB): "
+               f"{m.total / GiB:.2f} GiB of {self.tpu.budget / GiB:.2f} usable "
+               f"({'fits' if self.fits else 'does NOT fit'})",
+               f"  GiB: {m.describe()}",
+               f"  mesh {s.mesh_dim} (dp,fsdp,mp), global batch {s.global_batch} x {s.seq} tokens, "
+               f"accumulation {s.accumulate} ({s.rows_per_update} rows per update), "
+               f"remat {'nothing_saveable' if s.remat else 'off'}, activations {s.dtype}, params {s.param_dtype}, "
+               f"adam mu {s.moments}"]
+        out += [f"  changed to fit: {c}" for c in self.changes]
+        return out
+
+
+def _meshes(shape: ModelShape, devices: int) -> list[tuple[int, int, int]]:
+    """Full FSDP, then FSDP x model parallel where EasyLM's partition rules divide the model evenly
+    (JAX wants every sharded dimension divisible): fsdp splits the hidden size; mp splits the
+    vocabulary, the heads, the kv heads and the MLP."""
+    out = []
+    for mp in (1, 2, 4, 8):
+        if mp > devices or devices % mp:
+            continue
+        fsdp = devices // mp
+        if mp > 1 and (shape.hidden % fsdp or shape.vocab % mp or shape.heads % mp or shape.kv_heads % mp
+                       or shape.intermediate % mp):
+            continue
+        out.append((1, fsdp, mp))
+    return out
+
+
+def choose(shape: ModelShape, tpu_type: str | Tpu, *, rows: int, seq: int, accumulate: int, remat: bool,
+           dtype: str = "bf16", param_dtype: str = "fp32") -> Plan:
+    """The job's own settings if they fit, else the first of a fixed series of changes that does.
+
+    `rows` is the job's per-device batch (train.per_device_train_batch_size): on a full-FSDP mesh it
+    is the rows each shard holds. Deterministic, so the dry-run and the trainer agree. Raises
+    PlanError naming the smallest TPU type that would fit when nothing does here.
+    """
+    t = tpu_type if isinstance(tpu_type, Tpu) else tpu(tpu_type)
+    first = Setup(rows=rows, seq=seq, accumulate=accumulate, remat=remat, dtype=dtype, param_dtype=param_dtype,
+                  moments="fp32", mesh=(1, t.devices, 1))
+    tried: list[Plan] = []
+    plan = _search(shape, t, first, tried)
+    if plan is None:
+        best = min(tried, key=lambda p: p.memory.total)
+        raise PlanError(_no_fit(shape, t, best, seq, dtype, param_dtype))
+    return plan
+
+
+def _search(shape: ModelShape, t: Tpu, first: Setup, tried: list | None = None) -> Plan | None:
+    tried = [] if tried is None else tried
+
+    def attempt(s: Setup, why: list[str]) -> Plan | None:
+        p = Plan(t, s, memory(shape, s), list(why))
+        tried.append(p)
+        return p if p.fits else None
+
+    s = first
+    changes: list[str] = []
+    if p := attempt(s, changes):
+        return p
+    if not s.remat:
+        s = dataclasses.replace(s, remat=True)
+        changes.append("train.gradient_checkpointing false -> remat nothing_saveable")
+        if p := attempt(s, changes):
+            return p
+    s = dataclasses.replace(s, moments="bf16")
+    changes.append("adam first moment fp32 -> bf16 (EasyLM bf16_momentum)")
+    if p := attempt(s, changes):
+        return p
+    per_update = s.rows * s.accumulate
+    rows = s.rows
+    while rows > 1:  # smaller micro-batches, more of them: the same rows per update
+        rows //= 2
+        acc = math.ceil(per_update / rows)
+        trial = dataclasses.replace(s, rows=rows, accumulate=acc)
+        why = changes + [f"train.per_device_train_batch_size {first.rows} -> {rows}, "
+                         f"train.gradient_accumulation_steps {first.accumulate} -> {acc} (same rows per update)"]
+        if p := attempt(trial, why):
+            return p
+    if s.accumulate > 1 or per_update > 1:
+        trial = dataclasses.replace(s, rows=1, accumulate=1)
+        why = changes + [f"train.per_device_train_batch_size {first.rows} -> 1, train.gradient_accumulation_steps "
+                         f"{first.accumulate} -> 1: rows per update {first.rows_per_update} -> {trial.rows_per_update} "
+                         f"(the accumulation buffer does not fit)"]
+        if p := attempt(trial, why):
+            return p
+    for mesh in _meshes(shape, t.devices)[1:]:
+        trial = dataclasses.replace(s, rows=1, accumulate=1, mesh=mesh)
+        why = changes + [f"mesh 1,{t.devices},1 -> {trial.mesh_dim} (model parallel {mesh[2]}: activations split), "
+                         f"global batch {trial.global_batch}, accumulation 1: rows per update {first.rows_per_update} -> "
+                         f"{trial.rows_per_update}"]
+        if p := attempt(trial, why):
+            return p
+    return None
+
+
+def smallest_fit(shape: ModelShape, *, seq: int, dtype: str = "bf16", param_dtype: str = "fp32",
+                 kinds: tuple[str, ...] | None = None) -> Plan | None:
+    """The first TPU type of CANDIDATES (optionally of these kinds) where some plan fits."""
+    for name in CANDIDATES:
+        if kinds and name.split("-")[0] not in kinds:
+            continue
+        t = tpu(name)
+        p = _search(shape, t, Setup(rows=1, seq=seq, accumulate=1, remat=True, dtype=dtype,
+                                    param_dtype=param_dtype, moments="bf16", mesh=(1, t.devices, 1)))
+        if p is not None:
+            return p
+    return None
+
+
+def _no_fit(shape: ModelShape, t: Tpu, best: Plan, seq: int, dtype: str, param_dtype: str) -> str:
+    msg = (f"resources.accelerators: this model ({shape.params() / 1e9:.1f}B parameters with EasyLM's own lm_head) "
+           f"does not fit a {t.name}: at least {best.memory.total / GiB:.1f} GiB per chip "
+           f"(mesh {best.setup.mesh_dim}, batch {best.setup.global_batch} x {seq}, remat, bf16 moments) "
+           f"of {t.budget / GiB:.1f} usable")
+    anywhere = smallest_fit(shape, seq=seq, dtype=dtype, param_dtype=param_dtype)
+    kind = t.name.split("-")[0]
+    same = smallest_fit(shape, seq=seq, dtype=dtype, param_dtype=param_dtype, kinds=(kind,))
+    if anywhere is None:
+        return msg + "; no TPU type up to 256 chips fits it"
+    msg += f"; the smallest TPU that fits: {anywhere.tpu.name} ({anywhere.memory.total / GiB:.1f} GiB per chip)"
+    if same is not None and same.tpu.name != anywhere.tpu.name:
+        msg += f", the smallest {kind}: {same.tpu.name}"
+    return msg + (", or a shorter data.max_length" if seq > 512 else "")
+
+
+def plan_for_spec(spec, shape: ModelShape, tpu_type: str | None = None) -> Plan:
+    """`choose()` with a job spec's settings (what both the dry-run and the TPU trainer call)."""
+    t = spec.train
+    name = tpu_type or (spec.resources.accelerators or "")
+    is_cpu = name.lower().removeprefix("tpu-").startswith("cpu")
+    dtype = "fp32" if t.precision == "fp32" or (t.precision == "auto" and is_cpu) else "bf16"
+    return choose(shape, name, rows=t.per_device_train_batch_size, seq=spec.data.max_length,
+                  accumulate=t.gradient_accumulation_steps, remat=t.gradient_checkpointing, dtype=dtype)
+
+
+# -- disk ---------------------------------------------------------------------------------------
+
+@dataclass
+class DiskPlan:
+    parts: dict[str, float]  # bytes on the TPU VM's boot disk
+    size_gb: int             # the disk to ask for
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def lines(self) -> list[str]:
+        return [f"disk plan: {self.total / GB:.0f} GB on the VM -> disk_size {self.size_gb} GB",
+                "  GB: " + ", ".join(f"{k} {v / GB:.1f}" for k, v in self.parts.items() if v)]
+
+
+# The image, the OS, EasyLM's stack, prepared data, logs: measured image is ~12 GB; generous.
+DISK_BASE_GB = 40
+
+
+def disk_plan(shape: ModelShape, *, hub_download: bool, bucket: bool, state_dtype: str = "fp32",
+              accumulate: int = 1, exports: int = 2) -> DiskPlan:
+    """What the VM's disk holds at its fullest: the base model (downloaded, then converted in its
+    own 16-bit dtype), and without a bucket the train states and exports of `trainers.tpu.easylm_main`
+    (one complete train state for resume plus the one being written; `exports` milestone params in
+    bf16), then the final HF model."""
+    n = shape.params()
+    n_hf = shape.params(easylm=False)
+    parts = {"system, image, data": DISK_BASE_GB * GB}
+    if hub_download:
+        parts["hub download"] = n_hf * 2
+    parts["converted base params"] = n * 2
+    if not bucket:
+        # params and both AdamW moments (and MultiSteps' buffer) at checkpointer.float_dtype
+        state = n * BYTES[state_dtype] * (3 + (1 if accumulate > 1 else 0))
+        parts["train states (resume)"] = 2 * state
+        parts["milestone params (bf16)"] = exports * n * 2
+    parts["final model (HF, bf16)"] = n_hf * 2
+    total = sum(parts.values())
+    return DiskPlan(parts, int(math.ceil(total * 1.1 / GB / 50) * 50))
+
+
+# -- the model's config -------------------------------------------------------------------------
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser() / "hub-configs"
+
+
+def cached_config_path(hub_id: str) -> Path:
+    return _cache_root() / hub_id.replace("/", "--") / "config.json"
+
+
+def model_config(ref: str, base: Path | None = None, *, timeout: float = 10.0) -> tuple[dict | None, str]:
+    """A job's `model:` config.json and where it came from; (None, why) when it cannot be had.
+
+    A local folder is read; a hub id is read from the cache, else fetched once from the hub (HF_TOKEN
+    for gated models) and cached; offline, the reason is returned, not raised.
+    """
+    if ref.startswith("package:"):
+        return None, f"{ref} is a package model (GGUF): its shape is known once converted"
+    p = Path(ref).expanduser()
+    if base is not None and not p.is_absolute():
+        p = base / p
+    if p.is_dir():
+        cfg = p / "config.json"
+        if not cfg.is_file():
+            return None, f"{p} has no config.json"
+        return json.loads(cfg.read_text()), str(cfg)
+    if ref.endswith(".gguf") or ref.startswith((".", "/", "~")):
+        return None, f"{ref} is not a HF folder"
+    cached = cached_config_path(ref)
+    if cached.is_file():
+        return json.loads(cached.read_text()), f"{cached} (cached from the hub)"
+    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{ref}/resolve/main/config.json"
+    req = urllib.request.Request(url)
+    if os.environ.get("HF_TOKEN"):
+        req.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            cfg = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        hint = " (a gated model: set HF_TOKEN and accept its license on the hub)" if e.code in (401, 403) else ""
+        return None, f"the hub answered {e.code} for {ref}'s config.json{hint}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return None, (f"cannot reach the hub for {ref}'s config.json ({getattr(e, 'reason', e)}); offline, "
+                      f"put it at {cached}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(cfg, indent=1))
+    return cfg, url
