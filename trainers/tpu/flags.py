@@ -81,7 +81,7 @@ def llama_shape(cfg: dict) -> dict:
         "num_hidden_layers": cfg["num_hidden_layers"],
         "num_attention_heads": heads,
         "num_key_value_heads": cfg.get("num_key_value_heads") or heads,
-        "max_position_embeddings": cfg["max_position_embeddings"],
+        "max_position_embeddings": cfg.get("max_position_embeddings", 2048),  # LlamaConfig's default
         "rms_norm_eps": float(cfg.get("rms_norm_eps", 1e-6)),
         "rope_theta": rope_theta(cfg),
         "initializer_range": float(cfg.get("initializer_range", 0.02)),
