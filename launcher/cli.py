@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from launcher.errors import EXIT_BAD_INPUT
-CLOUD_NAMES = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
+CLOUD_NAMES = ("local", "lambda", "runpod", "vast", "aws", "gcp", "slurm")
 
 
 class UserError(click.ClickException):
@@ -214,7 +214,9 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
     try:
         job = backend.submit(job, spec, detach=detach)
     except BaseException:
-        state.update(job.id, state="FAILED", ended=time.time())
+        now = state.get(job.id)
+        if not (now.cluster and not now.done):  # a recorded machine may still come up: the record says so
+            state.update(job.id, state="FAILED", ended=time.time())
         raise
     click.echo(f"submitted {job.id} ({job.cloud}{', ' + job.cluster if job.cluster else ''}); output in {job.output_dir}")
     if detach:
@@ -230,10 +232,36 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
                 click.echo(f"checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
                            f"background (log: {log}), then takes the cluster down when the job ends")
         return
-    code = backend.logs(job, follow=True)
+    try:
+        code = backend.logs(job, follow=True)
+    except KeyboardInterrupt:
+        _still_running(backend, spec, state.get(job.id), no_watch)
+        raise
     job = backend.status(state.get(job.id))
     click.echo(f"{job.id}: {job.state}")
     sys.exit(0 if job.state == "SUCCEEDED" else (code or 1))
+
+
+def _still_running(backend, spec, job, no_watch: bool) -> None:
+    """Ctrl-C while following a job stops the following, not the job: say so, and keep its
+    checkpoints from going with the machine at autodown."""
+    if job.cloud == "local" and not job.cluster:
+        click.echo(f"{job.id} runs on in the background: `launcher logs -f {job.id}` follows it again, "
+                   f"`launcher down {job.id}` stops it", err=True)
+        return
+    click.echo(f"{job.id} runs on, on {job.cluster}, and bills until it ends: `launcher logs -f {job.id}` follows it "
+               f"again, `launcher down {job.id}` stops it (after a last checkpoint and sync)", err=True)
+    if backend.checkpoints_only_on_machine(spec):
+        if no_watch:
+            click.echo(f"warning: no outputs.bucket: its checkpoints are only on {job.cluster}, which autodown deletes "
+                       f"{spec.resources.idle_minutes} idle minutes after the job; `launcher sync {job.id}` before that",
+                       err=True)
+        else:
+            from launcher import watch
+
+            log = watch.start(job)
+            click.echo(f"its checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
+                       f"background (log: {log}) and takes the cluster down when the job ends", err=True)
 
 
 def _duration(seconds: float) -> str:
@@ -316,6 +344,12 @@ def sync(job_id, to, watch):
                f"complete checkpoints in {dest}: {', '.join(Path(c).name for c in result.checkpoints) or 'none yet'}")
 
 
+def _takes_force(backend) -> bool:
+    import inspect
+
+    return "force" in inspect.signature(backend.down).parameters
+
+
 def _parse_minutes(text: str) -> int:
     import re
 
@@ -330,11 +364,14 @@ def _parse_minutes(text: str) -> int:
 @click.option("--idle", metavar="DURATION", help="Tear down every cluster of ours idle at least this long (30m, 2h).")
 @click.option("--all", "down_all", is_flag=True, help="Tear down every cluster this tool created (asks first).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Tear down even when the last sync fails (what did not arrive is lost).")
 @_fail_cleanly
-def down(job_id, idle, down_all, yes):
-    """Stop a job (the trainer saves a checkpoint first) and release its machine.
+def down(job_id, idle, down_all, yes, force):
+    """Stop a job (the trainer saves a checkpoint first), bring its checkpoints home, release its machine.
 
-    `--idle 30m` and `--all` act only on clusters this tool created, never on others.
+    A cloud job's machine is kept when the last sync fails, so that nothing is lost; `--force`
+    tears it down anyway. `--idle 30m` and `--all` act only on clusters this tool recorded
+    creating, never on others.
     """
     if sum(bool(x) for x in (job_id, idle, down_all)) != 1:
         raise UserError("give exactly one of JOB, --idle DURATION, --all")
@@ -345,7 +382,8 @@ def down(job_id, idle, down_all, yes):
         from launcher import watch
 
         watch.stop(job)  # down syncs one last time itself; two syncs into one folder would race
-        job = get_backend(job.cloud).down(job)
+        backend = get_backend(job.cloud)
+        job = backend.down(job, force=True) if force and _takes_force(backend) else backend.down(job)
         click.echo(f"{job.id}: {job.state}")
         return
     try:
@@ -353,7 +391,7 @@ def down(job_id, idle, down_all, yes):
     except ImportError as e:
         raise UserError(f"--idle/--all need the cloud extra: pip install 'llm-launcher[cloud]' ({e.name} missing)") from None
     if idle:
-        gone = teardown.down_idle(_parse_minutes(idle))
+        gone = teardown.down_idle(_parse_minutes(idle), force=force)
     else:
         gone = teardown.down_all(yes=yes)
     click.echo(f"torn down: {', '.join(gone) if gone else 'nothing'}")

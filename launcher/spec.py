@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dataprep.config import DataConfig
 from launcher.errors import LauncherError
 
-CLOUDS = ("local", "lambda", "runpod", "aws", "gcp", "slurm")
+CLOUDS = ("local", "lambda", "runpod", "vast", "aws", "gcp", "slurm")
 
 
 class SpecError(LauncherError):
@@ -81,8 +81,8 @@ class TrainConfig(_Section):
 
 
 class ResourcesConfig(_Section):
-    cloud: Literal["local", "lambda", "runpod", "aws", "gcp", "slurm"] = Field(
-        "local", description="Where the job runs: local (this machine), lambda, runpod, aws, gcp (TPU VMs), slurm.")
+    cloud: Literal["local", "lambda", "runpod", "vast", "aws", "gcp", "slurm"] = Field(
+        "local", description="Where the job runs: local (this machine), lambda, runpod, vast, aws, gcp (TPU VMs), slurm.")
     accelerators: str | None = Field(None, description="GPU or TPU and count, e.g. A100:1, H100:8, tpu-v3-8.")
     spot: bool = Field(False, description="Use spot/preemptible machines (managed: relaunched and resumed).")
     region: str | None = Field(None, description="Region to launch in (default: cheapest).")

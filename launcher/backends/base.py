@@ -81,7 +81,8 @@ class Backend:
         return False
 
     def down(self, job: "Job") -> "Job":
-        """Stop the job cleanly (the trainer saves first) and release what it holds."""
+        """Stop the job cleanly (the trainer saves first) and release what it holds. A backend whose
+        machine holds checkpoints also takes `force` (tear down even if the last sync fails)."""
         raise NotImplementedError
 
 

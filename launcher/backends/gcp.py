@@ -25,6 +25,21 @@ class GCPBackend(SkyBackend):
         super().check(spec)
         if not spec.resources.is_tpu:
             raise BackendError("cloud gcp is for TPU VMs here: give a TPU type, e.g. --tpu v3-8 --zone europe-west4-a")
+        from trainers.tpu.flags import FlagError, tpu_shape
+
+        try:
+            hosts = tpu_shape(spec.resources.accelerators)[1]
+        except FlagError as e:
+            raise BackendError(str(e)) from None
+        bucket = spec.outputs.bucket or ""
+        if hosts > 1 and not bucket.startswith("gs://"):
+            # EasyLM's hosts write one train state together: only a bucket they all reach will do,
+            # and it fails on the pod, after data prep, without one.
+            raise BackendError(f"{spec.resources.accelerators} is a pod of {hosts} hosts: they save one train state "
+                               f"together into outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
+        if spec.model.startswith("package:"):
+            raise BackendError(f"model {spec.model}: the TPU image has no Python model packages; give the model as a "
+                               f"Hugging Face folder inside the job's folder (it travels with it) or a .gguf file")
 
     def preflight(self, spec) -> None:
         super().preflight(spec)
