@@ -295,3 +295,35 @@ def test_offline_catalog_is_one_line(quickstart_job, tmp_path):
                         "--gpus", "A100-80GB:1", "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.count("\n") == 1 and "catalog for runpod is not cached" in p.stderr, p.stderr
+
+
+# -- Vast.ai --------------------------------------------------------------------------------------
+
+def test_vast_gpu(quickstart_job, launcher_home):
+    out, task = dry("vast", quickstart_job, accelerators="RTX4090:1", idle_minutes=30)
+    assert "1x-RTX_4090-32-65536" in out and "$0.40/hour" in out
+    r = task["resources"]
+    assert r["infra"] == "vast" and r["accelerators"] == "RTX4090:1"
+    assert r["autostop"] == {"idle_minutes": 30, "down": True}
+    assert r["image_id"].startswith("docker:")
+
+
+def test_vast_region_and_cheapest_a100(quickstart_job, launcher_home):
+    out, task = dry("vast", quickstart_job, accelerators="A100:1", region="Georgia, US, NA")
+    assert task["resources"]["infra"] == "vast/Georgia, US, NA"
+    assert "1x-A100_SXM4-32-65536" in out and "$0.76/hour" in out
+
+
+@pytest.mark.parametrize("resources, refused", [
+    ({"spot": True}, "spot"), ({"num_nodes": 2}, "several nodes"), ({"zone": "x"}, "no zones"),
+])
+def test_vast_cannot(quickstart_job, resources, refused):
+    spec = spec_for(quickstart_job, cloud="vast", accelerators="RTX4090:1", **resources)
+    with pytest.raises(BackendError, match=refused):
+        get_backend("vast").check(spec)
+
+
+def test_vast_unknown_gpu_is_one_line(quickstart_job, launcher_home):
+    with pytest.raises(BackendError) as e:
+        dry("vast", quickstart_job, accelerators="H100:16")
+    assert "\n" not in str(e.value) and "H100" in str(e.value)
