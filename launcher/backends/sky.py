@@ -412,9 +412,11 @@ class SkyBackend(Backend):
     def logs(self, job: "Job", *, follow: bool = False) -> int:
         from launcher import sky_api
 
+        if job.extra.get("sky_job_id") is None and not job.done:
+            job = self.status(job, finalize=False)  # a submit interrupted while launching: find its job
         sky_job = job.extra.get("sky_job_id")
         if sky_job is None:
-            raise BackendError(f"{job.id} never reached SkyPilot (state {job.state}); nothing to show")
+            raise BackendError(f"{job.id} has no SkyPilot job yet (state {job.state}); try again in a minute")
         try:
             if job.extra.get("managed"):
                 return sky_api.jobs_tail_logs(sky_job, follow=follow)
