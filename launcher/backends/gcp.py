@@ -37,6 +37,10 @@ class GCPBackend(SkyBackend):
             # and it fails on the pod, after data prep, without one.
             raise BackendError(f"{spec.resources.accelerators} is a pod of {hosts} hosts: they save one train state "
                                f"together into outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
+        if spec.resources.spot and not bucket.startswith("gs://"):
+            # A relaunched TPU VM resumes from EasyLM's train state, which only a gs:// bucket holds.
+            raise BackendError(f"--spot on a TPU: a preempted VM is relaunched and resumes from EasyLM's train state "
+                               f"in outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
         if spec.model.startswith("package:"):
             raise BackendError(f"model {spec.model}: the TPU image has no Python model packages; give the model as a "
                                f"Hugging Face folder inside the job's folder (it travels with it) or a .gguf file")

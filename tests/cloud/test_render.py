@@ -20,10 +20,14 @@ from launcher.spec import SpecError, load_spec
 SECRET = "s3cr3t-value-never-in-a-file-4242"
 
 
+def cloud_of(resources: dict) -> str:
+    return resources.get("cloud", "")
+
+
 def spec_for(job_file: Path, **resources):
     sets = [(f"resources.{k}", v) for k, v in resources.items()]
     if resources.get("spot"):
-        sets.append(("outputs.bucket", "s3://my-ckpts/runs"))
+        sets.append(("outputs.bucket", ("gs" if cloud_of(resources) == "gcp" else "s3") + "://my-ckpts/runs"))
     return load_spec(job_file, sets)
 
 
@@ -279,6 +283,13 @@ def test_tpu_pod_needs_a_gs_bucket(quickstart_job):
     get_backend("gcp").check(load_spec(job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-32"),
                                              ("outputs.bucket", "gs://ckpts")]))
     get_backend("gcp").check(load_spec(job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8")]))
+
+
+def test_tpu_spot_needs_a_gs_bucket(quickstart_job):
+    spec = load_spec(tpu_job(quickstart_job), [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"),
+                                               ("resources.spot", True), ("outputs.bucket", "s3://ckpts")])
+    with pytest.raises(BackendError, match="--spot on a TPU.*gs://"):
+        get_backend("gcp").check(spec)
 
 
 def test_tpu_refuses_a_package_model(quickstart_job):
