@@ -341,6 +341,8 @@ class SkyBackend(Backend):
         rid = job.extra.get("launch_request")
         if rid and sky_api.request_running(rid):
             return job, "PREPARING"
+        if not rid and time.time() - job.created < 300:
+            return job, "PENDING"  # its submit is still checking the request (another process)
         return job, "FAILED"  # the launch ended without a cluster or a job
 
     def _sky_state(self, job: "Job") -> str | None:

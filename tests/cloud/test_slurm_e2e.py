@@ -227,7 +227,9 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     # The node unreachable for the last sync: `down` and `down --idle` keep the cluster and say how to retry.
     ssh_cfg = Path(env["HOME"]) / ".sky" / "generated" / "ssh" / cluster
     good = ssh_cfg.read_text()
-    ssh_cfg.write_text(re.sub(r"(?im)^(\s*Port)\s+\d+", r"\1 9", good))  # discard port: connection refused
+    broken = re.sub(r"(?im)^\s*ProxyCommand.*\n?", "", good)
+    broken = re.sub(r"(?im)^(\s*HostName)\s+\S+", r"\1 127.0.0.1", broken)
+    ssh_cfg.write_text(re.sub(r"(?im)^(\s*Port)\s+\d+", r"\1 9", broken))  # the discard port: refused
     out_dir = tmp_path / "sl-main-out"
     refused = launcher(env, "down", jid, check=False)
     assert refused.returncode == 2 and "last sync failed" in refused.stderr and "--force" in refused.stderr, refused
