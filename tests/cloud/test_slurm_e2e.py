@@ -92,7 +92,8 @@ def _job_file(tmp: Path, name: str, steps: int, idle_minutes: int, *, cloud: str
     spec["resources"] = {"cloud": cloud, "idle_minutes": idle_minutes}
     spec["secrets"] = ["WANDB_API_KEY"]
     spec["env"] = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+                   "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+                   "PYTHONPATH": str(REPO)}  # the node (this machine) runs this checkout's code, whatever env it uses
     spec["outputs"] = {"dir": str(tmp / f"{name}-out")}
     (dst / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return dst / "job.yaml"
