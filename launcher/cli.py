@@ -245,7 +245,7 @@ def submit(job_file, dry_run, detach, no_watch, **flags):
 def _still_running(backend, spec, job, no_watch: bool) -> None:
     """Ctrl-C while following a job stops the following, not the job: say so, and keep its
     checkpoints from going with the machine at autodown."""
-    if job.cloud == "local" and not job.cluster:
+    if job.cloud == "local":
         click.echo(f"{job.id} runs on in the background: `launcher logs -f {job.id}` follows it again, "
                    f"`launcher down {job.id}` stops it", err=True)
         return
