@@ -110,8 +110,8 @@ def _interrupted(env, args: list[str], wait_for: str, timeout: float) -> tuple[i
     import signal
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     hit = threading.Event()
 
