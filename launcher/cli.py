@@ -260,11 +260,12 @@ def submit(job_file, dry_run, detach, no_watch, force, **flags):
     except FolderBusy:
         state.delete(job.id)  # refused before anything ran or was written: nothing to remember
         raise
-    except LauncherError as e:  # a cloud may have started something: keep the record, say why
-        state.transition(job.id, "FAILED", extra={**job.extra, "error": str(e).splitlines()[0]})
-        raise
     except BaseException as e:
-        state.transition(job.id, "FAILED", extra={**job.extra, "error": f"submit failed: {type(e).__name__}: {e}"})
+        now = state.get(job.id)
+        if now.cluster and not now.done:  # a recorded machine may still come up: its record stays live for status/down
+            raise
+        reason = str(e).splitlines()[0] if isinstance(e, LauncherError) else f"submit failed: {type(e).__name__}: {e}"
+        state.transition(job.id, "FAILED", extra={**job.extra, "error": reason})
         raise
     click.echo(f"submitted {job.id} ({job.cloud}{', ' + job.cluster if job.cluster else ''}); output in {job.output_dir}")
     if detach:
@@ -283,8 +284,7 @@ def submit(job_file, dry_run, detach, no_watch, force, **flags):
     try:
         code = backend.logs(job, follow=True)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: job {job.id} runs on in the background; `launcher logs -f {job.id}` follows it "
-                   f"again, `launcher down {job.id}` stops it", err=True)
+        _still_running(backend, spec, state.get(job.id), no_watch)
         sys.exit(130)
     job = backend.status(state.get(job.id))
     click.echo(f"{job.id}: {job.state}" + (f" ({job.reason})" if job.state == "FAILED" and job.reason else ""))
@@ -358,6 +358,26 @@ def estimate(job_file, gpus, tpu, cloud, mfu, offline, sets):
                     cloud=cloud if cloud not in (None, "local", "slurm") else None)
     clouds = [cloud] if cloud in est.SKY_CLOUDS else None
     click.echo("\n".join(est.estimate(spec, Path(job_file), online=not offline, mfu=mfu, clouds=clouds).lines))
+def _still_running(backend, spec, job, no_watch: bool) -> None:
+    """Ctrl-C while following a job stops the following, not the job: say so, and keep its
+    checkpoints from going with the machine at autodown."""
+    if not backend.rents_machines:
+        click.echo(f"{job.id} runs on in the background: `launcher logs -f {job.id}` follows it again, "
+                   f"`launcher down {job.id}` stops it", err=True)
+        return
+    click.echo(f"{job.id} runs on, on {job.cluster}, and bills until it ends: `launcher logs -f {job.id}` follows it "
+               f"again, `launcher down {job.id}` stops it (after a last checkpoint and sync)", err=True)
+    if backend.checkpoints_only_on_machine(spec):
+        if no_watch:
+            click.echo(f"warning: no outputs.bucket: its checkpoints are only on {job.cluster}, which autodown deletes "
+                       f"{spec.resources.idle_minutes} idle minutes after the job; `launcher sync {job.id}` before that",
+                       err=True)
+        else:
+            from launcher import watch
+
+            log = watch.start(job)
+            click.echo(f"its checkpoints come home as they are saved: `launcher sync {job.id} --watch` runs in the "
+                       f"background (log: {log}) and takes the cluster down when the job ends", err=True)
 
 
 def _duration(seconds: float) -> str:
@@ -377,7 +397,7 @@ def status(job_id, show_all):
     from rich.table import Table
 
     from launcher import state
-    from launcher.backends import BackendError
+    from launcher.backends import BackendError, all_backends
 
     jobs = [_job_or_fail(job_id)] if job_id else state.all_jobs()
     if not show_all and not job_id:
@@ -387,6 +407,7 @@ def status(job_id, show_all):
     for col in ("JOB", "CLOUD", "ACCELERATORS", "STATE", "TIME", "COST", "EXIT", "OUTPUT"):
         table.add_column(col)
     notes = []
+    rented = {b.name for b in all_backends() if b.rents_machines}
     for j in jobs:
         if not j.done:
             try:
@@ -398,7 +419,7 @@ def status(job_id, show_all):
         elif j.extra.get("orphaned") and not j.done:
             notes.append(f"{j.id}: its supervisor was killed but its processes (data prep or trainer) still run; "
                          f"`launcher down {j.id}` stops it")
-        cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("$0" if j.cloud == "local" else "?")
+        cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("?" if j.cloud in rented else "$0")
         table.add_row(j.id, j.cloud + (f" ({j.cluster})" if j.cluster else ""), j.accelerators or "-", j.state,
                       _duration(j.runtime()), cost, "" if j.exit_code is None else str(j.exit_code), j.output_dir)
     if not jobs:
@@ -459,11 +480,14 @@ def _parse_minutes(text: str) -> int:
 @click.option("--idle", metavar="DURATION", help="Tear down every cluster of ours idle at least this long (30m, 2h).")
 @click.option("--all", "down_all", is_flag=True, help="Tear down every cluster this tool created (asks first).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Tear down even when the last sync fails (what did not arrive is lost).")
 @_fail_cleanly
-def down(job_id, idle, down_all, yes):
-    """Stop a job (the trainer saves a checkpoint first) and release its machine.
+def down(job_id, idle, down_all, yes, force):
+    """Stop a job (the trainer saves a checkpoint first), bring its checkpoints home, release its machine.
 
-    `--idle 30m` and `--all` act only on clusters this tool created, never on others.
+    A cloud job's machine is kept when the last sync fails, so that nothing is lost; `--force`
+    tears it down anyway. `--idle 30m` and `--all` act only on clusters this tool recorded
+    creating, never on others.
     """
     if sum(bool(x) for x in (job_id, idle, down_all)) != 1:
         raise UserError("give exactly one of JOB, --idle DURATION, --all")
@@ -473,7 +497,7 @@ def down(job_id, idle, down_all, yes):
         from launcher import watch
 
         watch.stop(job)  # down syncs one last time itself; two syncs into one folder would race
-        job = backend.down(job)
+        job = backend.down(job, force=force)
         click.echo(f"{job.id}: {job.state}")
         return
     import importlib.util
@@ -483,7 +507,7 @@ def down(job_id, idle, down_all, yes):
                         "which is not installed here: pip install 'llm-launcher[cloud]'")
     from launcher import teardown
     if idle:
-        gone = teardown.down_idle(_parse_minutes(idle))
+        gone = teardown.down_idle(_parse_minutes(idle), force=force)
     else:
         gone = teardown.down_all(yes=yes)
     click.echo(f"torn down: {', '.join(gone) if gone else 'nothing'}")

@@ -97,6 +97,7 @@ def validate(config: dict, *, optimize: bool = True) -> dict:
         raise SkyError(f"invalid SkyPilot task: {_one_line(e)}") from None
     if not optimize:
         return {"resources": str(next(iter(task.resources)))}
+    _catalogs_reachable(config["resources"]["infra"].split("/")[0])
     cloud = _infra_cloud(config["resources"]["infra"])
     real = sky_check.get_cached_enabled_clouds_or_refresh
     sky_check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: [cloud]
@@ -119,6 +120,28 @@ def validate(config: dict, *, optimize: bool = True) -> dict:
     }
 
 
+CATALOG_HOST = "raw.githubusercontent.com"  # where SkyPilot downloads a missing price catalog from
+
+
+def _catalogs_reachable(cloud: str) -> None:
+    """A price catalog not cached yet must be downloaded; offline, say so in one line at once
+    instead of SkyPilot's retries and its multi-line connection error."""
+    import socket
+
+    from sky.catalog import common
+
+    missing = [f for f in ("common/accelerators.csv", f"{cloud}/vms.csv")
+               if not os.path.exists(common.get_catalog_path(f))]
+    if not missing:
+        return
+    try:
+        socket.getaddrinfo(CATALOG_HOST, 443)
+    except OSError:
+        raise SkyError(f"SkyPilot's price catalog for {cloud} is not cached yet ({', '.join(missing)}) and "
+                       f"{CATALOG_HOST} cannot be reached (offline?): run the dry run once with internet "
+                       f"access, after which it works offline") from None
+
+
 def enabled_clouds(cloud: str) -> bool:
     """Whether SkyPilot finds working credentials for `cloud` (its own `sky check`)."""
     _sky()
@@ -138,10 +161,12 @@ def enabled_clouds(cloud: str) -> bool:
 
 # -- through the API server -----------------------------------------------------------------------
 
-def _call(what: str, fn, *args, stream: bool = False, **kwargs):
+def _call(what: str, fn, *args, stream: bool = False, on_request=None, **kwargs):
     sky = _sky()
     try:
         rid = fn(*args, **kwargs)
+        if on_request is not None:
+            on_request(str(rid))  # recorded before we wait: a Ctrl-C from here on leaves it findable
         if stream:
             return sky.stream_and_get(rid)
         return sky.get(rid)
@@ -151,21 +176,45 @@ def _call(what: str, fn, *args, stream: bool = False, **kwargs):
         raise SkyError(f"{what}: {_one_line(e)}") from None
 
 
-def launch(config: dict, cluster: str, *, idle_minutes: int, down: bool) -> tuple[int, str]:
-    """Provision `cluster` (or reuse it) and submit the task; returns (job id, cluster)."""
+def launch(config: dict, cluster: str, *, idle_minutes: int, down: bool, on_request=None) -> tuple[int, str]:
+    """Provision `cluster` (or reuse it) and submit the task; returns (job id, cluster).
+
+    `on_request(request_id)` is called as soon as the API server has the request: the launch goes
+    on there even if this process is interrupted, so the caller records it first.
+    """
     sky = _sky()
     task = sky.Task.from_yaml_config(copy.deepcopy(config))
     job_id, _handle = _call(f"launch {cluster}", sky.launch, task, cluster_name=cluster,
-                            idle_minutes_to_autostop=idle_minutes, down=down, stream=True)
+                            idle_minutes_to_autostop=idle_minutes, down=down, stream=True, on_request=on_request)
     return job_id, cluster
 
 
-def jobs_launch(config: dict, name: str) -> int:
+def jobs_launch(config: dict, name: str, on_request=None) -> int:
     """Submit a managed job (spot: relaunched after a preemption); returns its managed job id."""
     sky = _sky()
     task = sky.Task.from_yaml_config(copy.deepcopy(config))
-    job_id, _handle = _call(f"managed job {name}", sky.jobs.launch, task, name=name, stream=True)
+    job_id, _handle = _call(f"managed job {name}", sky.jobs.launch, task, name=name, stream=True,
+                            on_request=on_request)
     return job_id
+
+
+def request_running(request_id: str) -> bool:
+    """Whether an API-server request (a launch this process stopped waiting for) still runs."""
+    sky = _sky()
+    try:
+        found = sky.api_status([request_id])
+    except Exception as e:
+        raise SkyError(f"sky api status: {_one_line(e)}") from None
+    for r in found or []:
+        st = getattr(getattr(r, "status", None), "value", getattr(r, "status", None))
+        return str(st).upper() in ("PENDING", "RUNNING")
+    return False
+
+
+def request_cancel(request_id: str) -> None:
+    sky = _sky()
+    with contextlib.suppress(Exception):
+        sky.get(sky.api_cancel(request_id))
 
 
 def clusters(names: list[str] | None = None) -> list[dict]:

@@ -342,3 +342,45 @@ def download_tree(url: str, local_dir: str | Path) -> list[str]:
     tmp.write_bytes(raw)
     os.replace(tmp, local_dir / MANIFEST)
     return list(files) + [MANIFEST]
+
+
+def fetch_newer_checkpoint(url: str, ckpt_dir: str | Path) -> Path | None:
+    """Bring the newest complete checkpoint under `url` (BUCKET/JOB/checkpoints) into `ckpt_dir`
+    when that folder has none as new, verified file by file against its manifest; returns it.
+
+    What a trainer calls once at start: on a fresh machine (a relaunched spot job, or a run folder
+    deleted) the run resumes from the bucket instead of step 0. None when the local folder is as
+    new or the bucket has no complete checkpoint. A download that fails verification raises
+    StorageError and leaves a folder without a manifest, which no resume trusts.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    remote = latest_checkpoint(url)
+    if remote is None:
+        return None
+    step = int(remote.rsplit("-", 1)[-1])
+    local = [int(p.name[11:]) for p in ckpt_dir.glob("checkpoint-*")
+             if p.name[11:].isdigit() and (p / MANIFEST).is_file()]
+    if local and max(local) >= step:
+        return None
+    dest = ckpt_dir / f"checkpoint-{step}"
+    download_tree(remote, dest)
+    return dest
+
+
+def resume_from_bucket(bucket: str | None, job_name: str, ckpt_dir: str | Path) -> Path | None:
+    """`fetch_newer_checkpoint` from BUCKET/JOB/checkpoints (where the trainers upload), saying what
+    it did; a bucket that cannot be read is a warning: training goes on from what is local."""
+    import sys
+
+    if not bucket:
+        return None
+    url = join(bucket, job_name, "checkpoints")
+    try:
+        got = fetch_newer_checkpoint(url, ckpt_dir)
+    except StorageError as e:
+        print(f"warning: outputs.bucket: no resume from {url} ({e}); starting from the local run folder",
+              file=sys.stderr, flush=True)
+        return None
+    if got is not None:
+        print(f"downloaded {got.name} from {url} (verified against its manifest)", flush=True)
+    return got

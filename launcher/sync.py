@@ -65,6 +65,30 @@ class _Unit:
     todo: list  # rels still to fetch
 
 
+OWNER = ".launcher-job"  # in a sync destination: the id of the job whose run it holds
+
+
+def claim(to: str | Path, job_id: str) -> None:
+    """Make `to` the home of job `job_id`'s run, or refuse when it holds another run.
+
+    Two jobs of one name share the default `runs/<name>`; a second sync there would replace the
+    first run's final/ and mix their checkpoints. A folder with no record but with a run in it
+    (checkpoints/ or final/) is refused too: whose it is cannot be told.
+    """
+    to = Path(to)
+    marker = to / OWNER
+    owner = marker.read_text().strip() if marker.is_file() else None
+    if owner == job_id:
+        return
+    held = owner or ((to / "final").exists() or any((to / "checkpoints").glob("checkpoint-*")))
+    if held:
+        whose = f"job {owner}'s run" if owner else "another run"
+        raise SyncError(f"{to} holds {whose}; sync job {job_id} elsewhere with `launcher sync {job_id} --to "
+                        f"{to}-{job_id.rsplit('-', 1)[-1]}` (or move that folder away)")
+    to.mkdir(parents=True, exist_ok=True)
+    marker.write_text(job_id + "\n")
+
+
 # -- the three routes ---------------------------------------------------------------------------
 
 def sync_bucket(url: str, to: str | Path, *, watch: bool = False, done: Callable[[], bool] | None = None,

@@ -1,7 +1,8 @@
 """`launcher down --idle 30m` and `launcher down --all`: release what this tool left running.
 
-Only clusters this tool created are touched: their names start with `launcher-` (see
-`launcher.sky_api.PREFIX`), so a cluster the user made with `sky launch` is never taken down.
+Only clusters this tool created are touched, and what this tool created is what its state store
+(`launcher.state`) records: a submit writes the cluster's name there before provisioning starts.
+A name pattern would not do: `sky launch -c launcher-mine` is the user's, not ours.
 "Idle" is SkyPilot's meaning: no pending or running job on the cluster; idle time counts from the
 end of its last job (or its launch, if it never ran one).
 """
@@ -16,9 +17,19 @@ from launcher import sky_api
 _BUSY = {"INIT", "PENDING", "SETTING_UP", "RUNNING"}
 
 
+def _recorded() -> dict[str, object]:
+    """cluster name -> the job record that created it (the newest, should a name repeat)."""
+    from launcher import state
+
+    return {j.cluster: j for j in state.all_jobs() if j.cluster}
+
+
 def ours() -> list[dict]:
-    """SkyPilot's records of the clusters this tool created."""
-    return [c for c in sky_api.clusters() if c["name"].startswith(sky_api.PREFIX)]
+    """SkyPilot's records of the clusters this tool created (recorded in our state store)."""
+    recorded = _recorded()
+    if not recorded:
+        return []
+    return [c for c in sky_api.clusters() if c["name"] in recorded]
 
 
 def idle_seconds(cluster: dict, now: float | None = None) -> float | None:
@@ -36,29 +47,29 @@ def idle_seconds(cluster: dict, now: float | None = None) -> float | None:
     return now - since
 
 
-def down_idle(minutes: int) -> list[str]:
+def down_idle(minutes: int, *, force: bool = False) -> list[str]:
     """Tear down our clusters idle for at least `minutes`; returns their names.
 
     A cluster whose job this machine knows goes down through its backend, so that its
     checkpoints come home first (the last sync) and the job's record says what happened; the
-    job's background sync watcher, if any, is stopped first. One cluster that fails does not
-    keep the others up; the failures are reported together at the end.
+    job's background sync watcher, if any, is stopped first. A cluster whose last sync fails is
+    kept (unless `force`). One cluster that fails does not keep the others up; the failures are
+    reported together at the end.
     """
     from launcher import watch
     from launcher.backends.base import BackendError, get_backend
 
     gone, failed = [], []
+    recorded = _recorded()
     for c in ours():
         idle = idle_seconds(c)
         if idle is None or idle < minutes * 60:
             continue
-        job = _job_of(c["name"])
+        job = recorded[c["name"]]
         try:
-            if job is not None:
-                watch.stop(job)
-                get_backend(job.cloud).down(job)
-            else:
-                sky_api.down(c["name"])
+            watch.stop(job)
+            backend = get_backend(job.cloud)
+            backend.down(job, force=force)
         except BackendError as e:
             if sky_api.clusters([c["name"]]):
                 failed.append(f"{c['name']}: {e}")
@@ -70,12 +81,6 @@ def down_idle(minutes: int) -> list[str]:
     return gone
 
 
-def _job_of(cluster: str):
-    from launcher import state
-
-    return next((j for j in state.all_jobs() if j.cluster == cluster), None)
-
-
 def down_all(yes: bool) -> list[str]:
     """Tear down every cluster and managed job of ours, after listing them and asking (unless yes)."""
     clusters = [c["name"] for c in ours()]
@@ -83,8 +88,9 @@ def down_all(yes: bool) -> list[str]:
         queued = sky_api.jobs_queue()
     except sky_api.SkyError:
         queued = []  # no jobs controller: no managed jobs
+    recorded = _recorded()
     managed = [j for j in queued
-               if str(j.get("job_name", "")).startswith(sky_api.PREFIX) and j["status"] not in
+               if j.get("job_name") in recorded and recorded[j["job_name"]].extra.get("managed") and j["status"] not in
                ("SUCCEEDED", "CANCELLED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS", "FAILED_NO_RESOURCE",
                 "FAILED_CONTROLLER")]
     names = clusters + [f"{j['job_name']} (managed job {j['job_id']})" for j in managed]

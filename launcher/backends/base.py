@@ -46,6 +46,7 @@ def wanted(spec: "JobSpec") -> dict[str, bool]:
 class Backend:
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `launcher clouds`
+    rents_machines: ClassVar[bool] = False  # a machine that bills while it runs (not this one)
     needs_modules: ClassVar[tuple[str, ...]] = ()  # what must be installed to talk to it (checked by the CLI)
     # capability -> the message a user gets for asking this provider for it (CAPABILITIES)
     cannot: ClassVar[dict[str, str]] = {}
@@ -81,8 +82,9 @@ class Backend:
         they come home before the machine goes."""
         return False
 
-    def down(self, job: "Job") -> "Job":
-        """Stop the job cleanly (the trainer saves first) and release what it holds."""
+    def down(self, job: "Job", *, force: bool = False) -> "Job":
+        """Stop the job cleanly (the trainer saves first) and release what it holds. `force`: where
+        a machine holds checkpoints, tear it down even if the last sync fails (else it is kept)."""
         raise NotImplementedError
 
 

@@ -48,6 +48,25 @@ class GCPBackend(SkyBackend):
         super().check(spec)
         if not spec.resources.is_tpu:
             raise BackendError("cloud gcp is for TPU VMs here: give a TPU type, e.g. --tpu v3-8 --zone europe-west4-a")
+        from trainers.tpu.flags import FlagError, tpu_shape
+
+        try:
+            hosts = tpu_shape(spec.resources.accelerators)[1]
+        except FlagError as e:
+            raise BackendError(str(e)) from None
+        bucket = spec.outputs.bucket or ""
+        if hosts > 1 and not bucket.startswith("gs://"):
+            # EasyLM's hosts write one train state together: only a bucket they all reach will do,
+            # and it fails on the pod, after data prep, without one.
+            raise BackendError(f"{spec.resources.accelerators} is a pod of {hosts} hosts: they save one train state "
+                               f"together into outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
+        if spec.resources.spot and not bucket.startswith("gs://"):
+            # A relaunched TPU VM resumes from EasyLM's train state, which only a gs:// bucket holds.
+            raise BackendError(f"--spot on a TPU: a preempted VM is relaunched and resumes from EasyLM's train state "
+                               f"in outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
+        if spec.model.startswith("package:"):
+            raise BackendError(f"model {spec.model}: the TPU image has no Python model packages; give the model as a "
+                               f"Hugging Face folder inside the job's folder (it travels with it) or a .gguf file")
 
     def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None) -> dict:
         report = tpu_report(spec, Path(job_file), hf_token=bool(secrets.get("HF_TOKEN")))

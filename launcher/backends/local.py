@@ -308,7 +308,7 @@ class LocalBackend(Backend):
 
         return sync_run_folder(Path(job.output_dir), Path(to))
 
-    def down(self, job):
+    def down(self, job, *, force=False):  # the run folder is here: nothing to lose by stopping
         if job.extra.get("docker"):
             return self._docker().down(job)
         job = self.status(job)

@@ -203,7 +203,7 @@ class LocalDockerBackend(Backend):
 
         return sync_run_folder(Path(job.output_dir), Path(to))
 
-    def down(self, job):
+    def down(self, job, *, force=False):
         job = self.status(job)
         if job.done:
             return job

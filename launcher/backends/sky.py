@@ -2,11 +2,17 @@
 
 A job spec becomes a SkyPilot task (from `task_templates/gpu.yaml` or `tpu.yaml`), is validated by
 SkyPilot's schema and optimizer before anything is spent, and is launched on a cluster named
-`launcher-<job id>` (so `down --idle/--all` can tell ours from the user's other clusters), with
+`launcher-<job id>`, recorded in our state store before provisioning starts (`down --idle/--all`
+act only on clusters recorded there, never on a name pattern), with
 autostop after the job's idle minutes and `down=True`: Lambda, RunPod, spot machines and TPU VMs
 cannot be stopped, only torn down (SkyPilot accepts a plain autostop there and then hangs in
 "autostopping"), and a stopped VM still bills its disk. `--spot` goes through SkyPilot managed
-jobs, which relaunch a preempted job; the trainer then resumes from its last checkpoint.
+jobs, which relaunch a preempted job; the trainer then resumes from the newest checkpoint in
+the job's bucket.
+
+The node runs the fully resolved job (`launcher.spec.write_resolved`: every command-line override
+applied), which travels as a file mount to `.launcher/job.yaml` in the workdir; the user's own
+job file travels with the workdir but is never run.
 
 Per-cloud modules (`lambda_.py`, `runpod.py`, ...) subclass this with their name and what they
 cannot do. Only `launcher.sky_api` imports SkyPilot.
@@ -33,6 +39,11 @@ MASK = "****"
 # Private registry logins SkyPilot reads for `image_id: docker:...`; all three go together.
 REGISTRY_SECRETS = ("SKYPILOT_DOCKER_USERNAME", "SKYPILOT_DOCKER_PASSWORD", "SKYPILOT_DOCKER_SERVER")
 NODE_OUT = ".launcher-out"  # the run folder on the node, inside the task's workdir
+# Where the resolved job file lands on the node, relative to the workdir: SkyPilot copies it there
+# (a file mount) after the workdir, so the user's own job file is uploaded too but never run.
+NODE_JOB = ".launcher/job.yaml"
+PID_FILE = "entry.pid"  # in the run folder on the node: `down` sends SIGTERM to this process
+STOP_TIMEOUT_S = int(os.environ.get("LAUNCHER_STOP_TIMEOUT", "600"))  # `down`: wait this long for the stop checkpoint
 
 # SkyPilot job states -> ours (launcher/state.py).
 _CLUSTER_JOB_STATES = {
@@ -59,6 +70,7 @@ class SkyBackend(Backend):
     infra: ClassVar[str]  # SkyPilot's name for the cloud
     uses_image: ClassVar[bool] = True  # Slurm has no container: the entry runs on the node
     needs_modules = ("sky",)
+    rents_machines = True
     needs_accelerators: ClassVar[bool] = True  # a rented machine without a GPU/TPU is a mistake that bills
 
     # -- rendering ---------------------------------------------------------------------------
@@ -91,8 +103,11 @@ class SkyBackend(Backend):
         # machine's disk; checkpoints come home first (sync before down), so always tear down.
         return True
 
-    def render(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None) -> dict:
-        """The SkyPilot task (a plain dict) for `spec`; `job_file` is the user's job file."""
+    def render(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
+               resolved: Path) -> dict:
+        """The SkyPilot task (a plain dict) for `spec`; `job_file` is the user's job file (its folder is
+        the workdir), `resolved` the fully resolved job (`launcher.spec.write_resolved`), which the
+        node runs: every command-line override reaches the machine."""
         r = spec.resources
         template = "tpu.yaml" if r.is_tpu else "gpu.yaml"
         task = yaml.safe_load((TEMPLATES / template).read_text())
@@ -117,7 +132,8 @@ class SkyBackend(Backend):
         task["workdir"] = str(job_file.resolve().parent)
         envs = task["envs"]
         envs.update({k: str(v) for k, v in spec.env.items()})
-        envs["LAUNCHER_JOB"] = job_file.name
+        envs["LAUNCHER_JOB"] = NODE_JOB
+        task["file_mounts"] = {NODE_JOB: str(resolved)}
         envs["LAUNCHER_OUT"] = f"{NODE_OUT}/{spec.name}"
         envs["LAUNCHER_PYTHON"] = self.node_python()
         task["secrets"] = dict(secrets)
@@ -150,11 +166,12 @@ class SkyBackend(Backend):
                 raise BackendError(f"{field}: {value} is outside {base}, the job file's folder, which is all that "
                                    f"travels to the {self.name} machine; move it into that folder")
 
-    def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None) -> tuple[dict, dict]:
+    def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
+                 resolved: Path) -> tuple[dict, dict]:
         from launcher import sky_api
 
         self.check_travels(spec, job_file)
-        task = self.render(spec, job_file, secrets=secrets, image=image)
+        task = self.render(spec, job_file, secrets=secrets, image=image, resolved=resolved)
         try:
             plan = sky_api.validate(task, optimize=self.optimize_offline)
         except sky_api.SkyError as e:
@@ -164,28 +181,63 @@ class SkyBackend(Backend):
     optimize_offline: ClassVar[bool] = True  # Slurm's "catalog" is the live cluster: validated at launch
 
     def dry_run(self, spec: "JobSpec", job_file: Path) -> str:
-        """The rendered SkyPilot task with secrets masked, and SkyPilot's verdict on it."""
+        """The rendered SkyPilot task with secrets masked, the job file the machine will run, and
+        SkyPilot's verdict on it."""
+        from launcher import state
+        from launcher.spec import write_resolved
+
         secrets = {k: MASK for k in self.secret_values(spec)}
-        image = self._image_or_placeholder(spec)
-        task, plan = self.validate(spec, Path(job_file), secrets=secrets, image=image)
+        image, image_note = self._image_or_placeholder(spec)
+        resolved = write_resolved(spec, state.home() / "dry-run" / spec.name)
+        task, plan = self.validate(spec, Path(job_file), secrets=secrets, image=image, resolved=resolved)
         missing = [n for n in spec.secrets if n not in secrets]
         lines = [f"# SkyPilot task for job {spec.name} on {self.name} (secrets masked)", yaml.safe_dump(task, sort_keys=False).rstrip()]
+        lines.append(f"# {NODE_JOB}, the job file the machine runs (every override applied, secrets only named):")
+        lines += [f"#| {l}" for l in resolved.read_text().splitlines()]
         lines.append("# validation: schema OK" + (f"; optimizer OK: {plan['resources']}" if "instance" in plan else ""))
         if plan.get("price_per_hour") is not None:
             lines.append(f"# price: ${plan['price_per_hour']:.2f}/hour from the catalog")
+        if image_note:
+            lines.append(image_note)
+        lines += self._command_lines(spec)
+        if spec.resources.spot:
+            lines.append(f"# --spot: a SkyPilot managed job. When the machine is preempted, SkyPilot's jobs controller "
+                         f"relaunches it on a new one, and the trainer resumes from the newest complete checkpoint "
+                         f"in {spec.outputs.bucket}; `launcher down JOB` cancels it")
         if missing:
             lines.append(f"# not set in your shell, so not passed: {', '.join(missing)}")
         lines.append("# nothing was launched")
         return "\n".join(lines)
 
-    def _image_or_placeholder(self, spec: "JobSpec") -> str | None:
-        """The built image; for a dry run, a placeholder that still validates when none is built yet."""
+    def _command_lines(self, spec: "JobSpec") -> list[str]:
+        """The commands the node runs, as the dry run shows them."""
+        out = f"{NODE_OUT}/{spec.name}"
+        lines = [f"# on the machine: python -m trainers.entry {NODE_JOB} --out {out} --base-dir .",
+                 f"#   1. python -m dataprep {out}/job.yaml --out {out}/data --base-dir ."]
+        if spec.resources.is_tpu:
+            from trainers.tpu.flags import tpu_shape
+
+            devices, hosts = tpu_shape(spec.resources.accelerators)
+            lines.append(f"#   2. python -m trainers.tpu.train {out}/job.yaml --data {out}/data --out {out}   "
+                         f"(EasyLM full fine-tune on {devices} devices, {hosts} host(s); its flags are written to "
+                         f"{out}/tpu/flags.txt before it starts)")
+        else:
+            lines.append(f"#   2. python -m trainers.gpu.train {out}/job.yaml --data {out}/data --out {out}   "
+                         f"(under `accelerate launch` for several GPUs or nodes)")
+        return lines
+
+    def _image_or_placeholder(self, spec: "JobSpec") -> tuple[str | None, str | None]:
+        """The built image; for a dry run, a placeholder that still validates when none is built yet,
+        and a line saying what to run first."""
         if not self.uses_image:
-            return None
+            return None, None
         try:
-            return self.image(spec)
-        except BackendError:
-            return f"{spec.image.registry or 'REGISTRY'}/{spec.image.name}:NOT-BUILT-YET"
+            return self.image(spec), f"# image: built and pushed ({self.image(spec)})"
+        except BackendError as e:
+            placeholder = f"{spec.image.registry or 'REGISTRY'}/{spec.image.name}:NOT-BUILT-YET"
+            return placeholder, (f"# image: NOT built and pushed yet ({e}); the machine pulls it, so "
+                                 f"`launcher build JOB.yaml --push` must run before submit"
+                                 + ("" if spec.image.registry else " (set image.registry first)"))
 
     def preflight(self, spec: "JobSpec") -> None:
         """Checks that need the user's account (credentials); run at submit, not at dry run."""
@@ -201,30 +253,98 @@ class SkyBackend(Backend):
 
     def submit(self, job: "Job", spec: "JobSpec", *, detach: bool = True) -> "Job":
         from launcher import sky_api, state
+        from launcher.spec import write_resolved
 
         job_file = Path(job.extra.get("job_file") or "job.yaml")
         self.check(spec)
         image = self.image(spec)
         secrets = self.secret_values(spec)
-        task, plan = self.validate(spec, job_file, secrets=secrets, image=image)
+        resolved = write_resolved(spec, state.home() / "jobs" / job.id)
+        task, plan = self.validate(spec, job_file, secrets=secrets, image=image, resolved=resolved)
         self.preflight(spec)
         cluster = cluster_name(job.id)
-        extra = dict(job.extra, node_out=task["envs"]["LAUNCHER_OUT"], managed=bool(spec.resources.spot))
         price = plan.get("price_per_hour")
+        # The record names the cluster before anything is provisioned: from here on, whatever
+        # happens to this process, `status`, `down JOB` and `down --idle` can find the machine.
+        job = state.update(job.id, cluster=cluster, price_per_hour=price, accelerators=spec.resources.accelerators,
+                           state="PENDING", started=time.time(),
+                           extra=dict(job.extra, node_out=task["envs"]["LAUNCHER_OUT"], managed=bool(spec.resources.spot),
+                                      resolved_job=str(resolved)))
+
+        def record_request(rid: str) -> None:
+            state.update(job.id, extra=dict(state.get(job.id).extra, launch_request=rid))
+
         try:
             if spec.resources.spot:
-                sky_job = sky_api.jobs_launch(task, cluster)
+                sky_job = sky_api.jobs_launch(task, cluster, on_request=record_request)
             else:
                 sky_job, _ = sky_api.launch(task, cluster, idle_minutes=spec.resources.idle_minutes,
-                                            down=self.autodown(spec))
+                                            down=self.autodown(spec), on_request=record_request)
         except sky_api.SkyError as e:
-            raise BackendError(str(e)) from None
-        extra["sky_job_id"] = sky_job
-        job = state.update(job.id, cluster=cluster, price_per_hour=price, accelerators=spec.resources.accelerators,
-                           state="PENDING", started=time.time(), extra=extra)
+            return self._failed_launch(state.get(job.id), e)
+        except BaseException:  # Ctrl-C: SkyPilot's API server goes on launching without us
+            print(f"{job.id}: SkyPilot goes on launching cluster {cluster} in the background, and it bills until "
+                  f"it is down: `launcher status {job.id}` shows it, `launcher down {job.id}` stops it and takes "
+                  f"it down", file=sys.stderr, flush=True)
+            raise
+        job = state.update(job.id, extra=dict(state.get(job.id).extra, sky_job_id=sky_job))
         print(f"{job.id}: SkyPilot job {sky_job} on cluster {cluster}"
               + (f", ${price:.2f}/hour" if price is not None else ""), file=sys.stderr, flush=True)
         return job
+
+    def _failed_launch(self, job: "Job", err: Exception) -> "Job":
+        """A launch that failed part-way may have left a machine (with no autostop yet: SkyPilot
+        sets it last). One that runs our job is kept; one that does not is taken down here."""
+        from launcher import sky_api, state
+
+        if job.extra.get("managed"):
+            state.update(job.id, state="FAILED", ended=time.time())
+            raise BackendError(str(err)) from None
+        try:
+            alive = bool(sky_api.clusters([job.cluster]))
+            jobs = sky_api.queue(job.cluster) if alive else []
+        except sky_api.SkyError:
+            alive, jobs = True, []
+        if jobs:  # the job was submitted before the failure: it runs, and autostop is set
+            sky_job = max(j["job_id"] for j in jobs)
+            print(f"{job.id}: {err}; the job was submitted all the same (SkyPilot job {sky_job})", file=sys.stderr)
+            return state.update(job.id, extra=dict(job.extra, sky_job_id=sky_job))
+        if alive:
+            print(f"{job.id}: launch failed ({err}); taking cluster {job.cluster} down", file=sys.stderr, flush=True)
+            try:
+                sky_api.down(job.cluster)
+            except sky_api.SkyError as e2:
+                state.update(job.id, state="FAILED", ended=time.time())
+                raise BackendError(f"{err}; and cluster {job.cluster} could not be taken down ({e2}): it may still "
+                                   f"bill; retry with `launcher down {job.id}`") from None
+        state.update(job.id, state="FAILED", ended=time.time(), extra=dict(job.extra, finalized=True))
+        raise BackendError(str(err)) from None
+
+    def _adopt(self, job: "Job") -> tuple["Job", str | None]:
+        """A job whose submit was interrupted before SkyPilot answered: what became of its launch?
+        Returns the job (with `sky_job_id` once SkyPilot has one) and a state when it has none."""
+        from launcher import sky_api, state
+
+        if job.extra.get("managed"):
+            found = [j for j in sky_api.jobs_queue() if j.get("job_name") == job.cluster]
+            if found:
+                sky_job = max(j["job_id"] for j in found)
+                return state.update(job.id, extra=dict(job.extra, sky_job_id=sky_job)), None
+        elif job.cluster and sky_api.clusters([job.cluster]):
+            try:
+                jobs = sky_api.queue(job.cluster)
+            except sky_api.SkyError:
+                jobs = []  # still provisioning: no job table yet
+            if jobs:
+                sky_job = max(j["job_id"] for j in jobs)
+                return state.update(job.id, extra=dict(job.extra, sky_job_id=sky_job)), None
+            return job, "PREPARING"
+        rid = job.extra.get("launch_request")
+        if rid and sky_api.request_running(rid):
+            return job, "PREPARING"
+        if not rid and time.time() - job.created < 300:
+            return job, "PENDING"  # its submit is still checking the request (another process)
+        return job, "FAILED"  # the launch ended without a cluster or a job
 
     def _sky_state(self, job: "Job") -> str | None:
         from launcher import sky_api
@@ -244,9 +364,16 @@ class SkyBackend(Backend):
 
         if not job.done:
             try:
-                new = self._sky_state(job)
+                new = None
+                if job.extra.get("sky_job_id") is None:
+                    job, new = self._adopt(job)
+                if new is None:
+                    new = self._sky_state(job)
             except sky_api.SkyError as e:
                 raise BackendError(str(e)) from None
+            if new == "FAILED" and job.extra.get("sky_job_id") is None:
+                return state.update(job.id, state="FAILED", ended=job.ended or time.time(),
+                                    extra=dict(job.extra, finalized=True))
             if new is None:
                 # The cluster is gone (autodown, or torn down outside the launcher) before we saw the end.
                 return state.update(job.id, state="STOPPED", ended=job.ended or time.time(),
@@ -288,9 +415,11 @@ class SkyBackend(Backend):
     def logs(self, job: "Job", *, follow: bool = False) -> int:
         from launcher import sky_api
 
+        if job.extra.get("sky_job_id") is None and not job.done:
+            job = self.status(job, finalize=False)  # a submit interrupted while launching: find its job
         sky_job = job.extra.get("sky_job_id")
         if sky_job is None:
-            raise BackendError(f"{job.id} never reached SkyPilot (state {job.state}); nothing to show")
+            raise BackendError(f"{job.id} has no SkyPilot job yet (state {job.state}); try again in a minute")
         try:
             if job.extra.get("managed"):
                 return sky_api.jobs_tail_logs(sky_job, follow=follow)
@@ -311,6 +440,7 @@ class SkyBackend(Backend):
         from launcher.spec import JobSpec
 
         spec = JobSpec.model_validate(yaml.safe_load(job.spec_yaml))
+        sync_lib.claim(to, job.id)
 
         def done() -> bool:
             return self.status(job_now(), finalize=False).done
@@ -331,8 +461,11 @@ class SkyBackend(Backend):
         return sync_lib.sync_rsync(job.cluster, self.remote_run_dir(job), to,
                                    ssh_config=sky_api.ssh_config(job.cluster), watch=watch, done=done)
 
-    def down(self, job: "Job") -> "Job":
-        """Stop the job (SIGTERM: the trainer saves), bring checkpoints home, tear the cluster down."""
+    def down(self, job: "Job", *, force: bool = False) -> "Job":
+        """Stop the job (SIGTERM: the trainer saves), bring its checkpoints home, tear the cluster down.
+
+        A failed last sync keeps the cluster (nothing is lost) unless `force`.
+        """
         from launcher import sky_api, state
 
         if not job.done:
@@ -346,17 +479,24 @@ class SkyBackend(Backend):
                     sky_api.jobs_cancel(job.extra["sky_job_id"])
                 return state.update(job.id, state="CANCELLED", ended=job.ended or time.time(),
                                     extra=dict(job.extra, finalized=True))
+            rid = job.extra.get("launch_request")
+            if job.extra.get("sky_job_id") is None and rid and sky_api.request_running(rid):
+                print(f"{job.id}: cancelling its launch, still running in SkyPilot", file=sys.stderr, flush=True)
+                sky_api.request_cancel(rid)
             alive = job.cluster and sky_api.clusters([job.cluster])
             if alive and not job.done and job.extra.get("sky_job_id") is not None:
-                try:  # SIGTERM: the trainer saves a checkpoint, which the sync below brings home
-                    sky_api.cancel(job.cluster, job.extra["sky_job_id"])
-                except sky_api.SkyError as e:
-                    print(f"{job.id}: cancel failed ({e}); taking the cluster down all the same", file=sys.stderr)
+                job = self._stop_and_wait(job)
             if alive:
                 try:
                     self.sync(job, Path(job.output_dir))
                 except BackendError as e:
-                    print(f"{job.id}: sync before down failed: {e}", file=sys.stderr)
+                    if not force:
+                        raise BackendError(
+                            f"{job.id}: the last sync failed ({e}); cluster {job.cluster} is kept so that nothing is "
+                            f"lost (it still bills): fix that, then `launcher down {job.id}` again, or "
+                            f"`launcher down {job.id} --force` to tear it down anyway, losing what did not "
+                            f"arrive") from None
+                    print(f"{job.id}: the last sync failed ({e}); tearing down anyway (--force)", file=sys.stderr)
                 try:
                     sky_api.down(job.cluster)
                 except sky_api.SkyError:
@@ -367,3 +507,57 @@ class SkyBackend(Backend):
         new_state = job.state if job.done else "CANCELLED"
         return state.update(job.id, state=new_state, ended=job.ended or time.time(),
                             extra=dict(job.extra, finalized=True))
+
+    def _stop_and_wait(self, job: "Job") -> "Job":
+        """SIGTERM to the entry command on the node (it passes it on: the trainer saves a checkpoint
+        and exits 75), then wait, bounded, for the job to end. SkyPilot's own cancel is the fallback:
+        it also sends SIGTERM, but to the job driver, which does not wait for the trainer."""
+        from launcher import sky_api, state
+
+        print(f"{job.id}: stopping the trainer (SIGTERM); it saves a checkpoint before it exits",
+              file=sys.stderr, flush=True)
+        if not self._sigterm(job):
+            try:
+                sky_api.cancel(job.cluster, job.extra["sky_job_id"])
+            except sky_api.SkyError as e:
+                print(f"{job.id}: cancel failed ({e})", file=sys.stderr)
+        t0 = last = time.time()
+        ended = None
+        while time.time() - t0 < STOP_TIMEOUT_S:
+            try:
+                ended = self._sky_state(job)
+            except sky_api.SkyError:
+                ended = None
+            if ended is None or ended in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                break
+            if time.time() - last >= 15:
+                last = time.time()
+                print(f"{job.id}: waiting for the stop checkpoint ({last - t0:.0f}s of at most {STOP_TIMEOUT_S}s)",
+                      file=sys.stderr, flush=True)
+            time.sleep(3)
+        else:
+            print(f"{job.id}: the trainer did not stop within {STOP_TIMEOUT_S}s; cancelling it", file=sys.stderr)
+            try:
+                sky_api.cancel(job.cluster, job.extra["sky_job_id"])
+            except sky_api.SkyError as e:
+                print(f"{job.id}: cancel failed ({e})", file=sys.stderr)
+        done = "SUCCEEDED" if ended == "SUCCEEDED" else "CANCELLED"
+        return state.update(job.id, state=done, ended=time.time(), exit_code=0 if done == "SUCCEEDED" else 75)
+
+    def _sigterm(self, job: "Job") -> bool:
+        """SIGTERM to the entry command, by the pid it left in its run folder, over SkyPilot's ssh alias."""
+        import subprocess
+
+        from launcher import sky_api
+
+        pid_file = f"{self.remote_run_dir(job)}/{PID_FILE}"  # may hold a glob (Slurm): the remote shell expands it
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-F", str(sky_api.ssh_config(job.cluster)),
+               job.cluster, f"kill -TERM $(cat {pid_file})"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if p.returncode != 0:
+            print(f"{job.id}: could not signal the trainer over ssh ({(p.stderr.strip().splitlines() or ['?'])[-1]}); "
+                  f"asking SkyPilot to cancel the job", file=sys.stderr)
+        return p.returncode == 0

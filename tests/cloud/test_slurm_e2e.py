@@ -2,13 +2,19 @@
 localhost (.ci/slurm.sh installs and starts it; this module's fixture calls it).
 
 One job of the quickstart (a few training steps; no container on Slurm: the node runs the entry
-command with the project's own venv) goes through `launcher submit --cloud slurm`, `status`,
-`logs`, `sync` (checkpoints arrive and verify against their manifests) and `down`. A second,
-shorter job shows autodown taking its idle cluster away by itself, and `down --idle` removes an
-idle cluster of ours while leaving one that is not ours.
+command with the project's own venv) goes through `launcher submit --cloud slurm` with overrides
+of several sections (the node runs the resolved job), `status`, `logs`, `sync` (checkpoints
+arrive and verify against their manifests) and `down`. A second, shorter job shows autodown
+taking its idle cluster away by itself. A third is interrupted by a real Ctrl-C while SkyPilot
+provisions it, is found again by `status`, and `down` stops it with SIGTERM, keeping its stop
+checkpoint. A fourth is followed and Ctrl-C'd: its checkpoints come home through the watcher
+that the interrupt starts. A failed last sync (the node made unreachable) keeps the cluster, and
+`down --idle` removes an idle cluster of ours while leaving one that is not ours, even one
+named `launcher-...`. At the end SkyPilot lists no cluster.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,7 +58,7 @@ def slurm_env(tmp_path_factory):
     yield env
     # Safety net: whatever this module launched goes, and the API server stops.
     for c in _clusters(env):
-        if c.startswith(("launcher-", "other-")):
+        if c.startswith(("launcher-", "other-")):  # the test's own, by name: this is the test's net
             subprocess.run(["sky", "down", "-y", "--purge", c], env=env, capture_output=True, timeout=300)
     subprocess.run(["sky", "api", "stop"], env=env, capture_output=True, timeout=120)
     subprocess.run([str(REPO / ".ci" / "slurm.sh"), "stop"], env={**os.environ, "BASE": str(BASE)},
@@ -73,17 +79,21 @@ def launcher(env, *args, timeout=900, check=True) -> subprocess.CompletedProcess
     return p
 
 
-def _job_file(tmp: Path, name: str, steps: int, idle_minutes: int) -> Path:
+def _job_file(tmp: Path, name: str, steps: int, idle_minutes: int, *, cloud: str = "slurm", save_steps: int = 2,
+              lora_r: int | None = None) -> Path:
     src = REPO / "examples" / "quickstart"
     dst = tmp / name
     shutil.copytree(src / "data", dst / "data")
     spec = yaml.safe_load((src / "job.yaml").read_text())
     spec["name"] = name
-    spec["train"].update(max_steps=steps, save_steps=2, eval_steps=2, logging_steps=1, sample_prompts=0)
-    spec["resources"] = {"cloud": "slurm", "idle_minutes": idle_minutes}
+    spec["train"].update(max_steps=steps, save_steps=save_steps, eval_steps=2, logging_steps=1, sample_prompts=0)
+    if lora_r:
+        spec["lora"]["r"] = lora_r
+    spec["resources"] = {"cloud": cloud, "idle_minutes": idle_minutes}
     spec["secrets"] = ["WANDB_API_KEY"]
     spec["env"] = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+                   "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+                   "PYTHONPATH": str(REPO)}  # the node (this machine) runs this checkout's code, whatever env it uses
     spec["outputs"] = {"dir": str(tmp / f"{name}-out")}
     (dst / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return dst / "job.yaml"
@@ -95,24 +105,77 @@ def _job_id(text: str) -> str:
     return m.group(1)
 
 
+def _interrupted(env, args: list[str], wait_for: str, timeout: float) -> tuple[int, str]:
+    """Run `launcher ARGS` and send it a real SIGINT (Ctrl-C) once its output shows `wait_for`."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    hit = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            seen.append(line)
+            if re.search(wait_for, line, re.I):
+                hit.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    hit.wait(timeout)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    reader.join(30)
+    return proc.returncode, "".join(seen)
+
+
+def _wait_log(env, jid: str, pattern: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    out = ""
+    while time.time() < deadline:
+        out = launcher(env, "logs", jid, check=False, timeout=300).stdout
+        if re.search(pattern, out):
+            return out
+        time.sleep(10)
+    raise AssertionError(f"{pattern!r} never appeared in the logs of {jid}:\n{out[-3000:]}")
+
+
 def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     env = slurm_env
 
-    # Three jobs: the main one, which the test follows, syncs and takes down itself; a short one
-    # whose cluster must go away by itself (autodown) as soon as it is idle; and, once that is gone,
-    # one left to the watcher that a detached submit starts (no bucket: checkpoints live only on
+    # Four jobs: the main one, which the test follows, syncs and takes down itself; a short one
+    # whose cluster must go away by itself (autodown) as soon as it is idle; one interrupted while
+    # provisioning and stopped by `down`; and, once autodown has happened, one followed and
+    # Ctrl-C'd, left to the watcher that the interrupt starts (no bucket: checkpoints live only on
     # the cluster). All share one Slurm node as one user, and there a cluster's teardown was seen to
     # stop another cluster's skylet (which runs autodown): so nothing goes down before the autodown.
-    job1 = _job_file(tmp_path, "sl-main", steps=4, idle_minutes=20)
+    #
+    # The main job's file says cloud local, 40 steps, LoRA rank 16; the command line overrides all
+    # three, and the node must run what the command line says.
+    job1 = _job_file(tmp_path, "sl-main", steps=40, idle_minutes=20, cloud="local", save_steps=40, lora_r=16)
     job2 = _job_file(tmp_path, "sl-auto", steps=2, idle_minutes=0)
     job3 = _job_file(tmp_path, "sl-watch", steps=2, idle_minutes=20)
-    jid = _job_id(launcher(env, "submit", str(job1), "--cloud", "slurm", "--detach", "--no-watch").stdout)
+    job4 = _job_file(tmp_path, "sl-stop", steps=400, idle_minutes=20, save_steps=1000)
+    jid = _job_id(launcher(env, "submit", str(job1), "--cloud", "slurm", "--set", "train.max_steps=4",
+                           "--set", "train.save_steps=2", "--set", "lora.r=4", "--detach", "--no-watch").stdout)
     jid2 = _job_id(launcher(env, "submit", str(job2), "--cloud", "slurm", "--detach", "--no-watch").stdout)
     cluster, cluster2 = f"launcher-{jid}", f"launcher-{jid2}"
+
+    # Ctrl-C while SkyPilot provisions: the machine comes up all the same, and the record knows it.
+    code, said = _interrupted(env, ["submit", str(job4), "--cloud", "slurm", "--detach", "--no-watch"],
+                              r"launch|provision|cluster", timeout=120)
+    assert code == 130, said[-3000:]
+    m = re.search(r"(sl-stop-\w+): SkyPilot goes on launching cluster (launcher-sl-stop-\w+)", said)
+    assert m and f"launcher down {m.group(1)}" in said, said[-3000:]
+    jid4, cluster4 = m.groups()
+    assert "FAILED" not in launcher(env, "status", jid4).stdout
 
     follow = launcher(env, "logs", "-f", jid, timeout=1200, check=False)
     assert follow.returncode == 0, follow.stdout[-6000:] + follow.stderr[-3000:]
     assert "[entry] training" in follow.stdout
+    assert "step 4/4" in follow.stdout and not re.search(r"step \d+/40\b", follow.stdout), follow.stdout[-3000:]
 
     dest = tmp_path / "synced"
     synced = launcher(env, "sync", jid, "--to", str(dest))
@@ -120,6 +183,7 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     assert "checkpoint-4" in [c.name for c in ckpts], synced.stdout + synced.stderr
     for c in ckpts:
         assert verify(c) == [], c
+    assert json.loads((dest / "checkpoints" / "checkpoint-4" / "adapter_config.json").read_text())["r"] == 4
     again = launcher(env, "sync", jid, "--to", str(dest))
     assert again.stdout.startswith("0 files copied"), again.stdout  # incremental: nothing new
 
@@ -129,12 +193,24 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
         time.sleep(10)
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
 
-    # The watcher brings the third job's checkpoints home by itself, then takes its cluster down
-    # (idle_minutes 20: autodown would not have yet).
-    sub3 = launcher(env, "submit", str(job3), "--cloud", "slurm", "--detach")
-    jid3 = _job_id(sub3.stdout)
-    assert f"launcher sync {jid3} --watch` runs in the background" in sub3.stdout, sub3.stdout
-    cluster3 = f"launcher-{jid3}"
+    # The interrupted job runs; `down` stops it with SIGTERM, waits for its stop checkpoint,
+    # brings it home verified, then takes the cluster down.
+    _wait_log(env, jid4, r"step [2-9]\d*/400", timeout=900)
+    stopped = launcher(env, "down", jid4, timeout=900)
+    assert "stopping the trainer (SIGTERM)" in stopped.stderr and "CANCELLED" in stopped.stdout, stopped.stderr
+    out4 = tmp_path / "sl-stop-out" / "checkpoints"
+    kept = sorted(out4.glob("checkpoint-*"))
+    assert kept and all(verify(c) == [] for c in kept), stopped.stderr[-3000:]
+    assert cluster4 not in _clusters(env)
+
+    # Followed, then Ctrl-C: the job runs on, and the watcher the interrupt starts brings its
+    # checkpoints home and takes the cluster down (idle_minutes 20: autodown would not have yet).
+    code, said = _interrupted(env, ["submit", str(job3), "--cloud", "slurm"], r"\[entry\]|step \d", timeout=900)
+    assert code == 130, said[-3000:]
+    m = re.search(r"(sl-watch-\w+) runs on, on (launcher-\S+),", said)
+    assert m, said[-3000:]
+    jid3, cluster3 = m.group(1), m.group(2)
+    assert f"launcher sync {jid3} --watch` runs in the background" in said, said[-3000:]
     out3 = tmp_path / "sl-watch-out" / "checkpoints" / "checkpoint-2"
     deadline = time.time() + 600
     while (cluster3 in _clusters(env) or not out3.exists()) and time.time() < deadline:
@@ -144,18 +220,31 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     assert cluster3 not in _clusters(env), watch_log.read_text()[-3000:]
     assert "SUCCEEDED" in launcher(env, "status", jid3).stdout
 
-    # A cluster that is not ours, idle: `down --idle` must leave it alone.
-    other = subprocess.run(["sky", "launch", "-y", "-c", "other-keep", "--infra", "slurm", "--cpus", "1",
+    # A cluster made by hand, named like ours: not in our records, so `down --idle` leaves it alone.
+    other = subprocess.run(["sky", "launch", "-y", "-c", "launcher-byhand", "--infra", "slurm", "--cpus", "1",
                             "--memory", "1", "echo not-ours"], env=env, capture_output=True, text=True, timeout=900)
     assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
 
+    # The node unreachable for the last sync: `down` and `down --idle` keep the cluster and say how to retry.
+    ssh_cfg = Path(env["HOME"]) / ".sky" / "generated" / "ssh" / cluster
+    good = ssh_cfg.read_text()
+    broken = re.sub(r"(?im)^\s*ProxyCommand.*\n?", "", good)
+    broken = re.sub(r"(?im)^(\s*HostName)\s+\S+", r"\1 127.0.0.1", broken)
+    ssh_cfg.write_text(re.sub(r"(?im)^(\s*Port)\s+\d+", r"\1 9", broken))  # the discard port: refused
+    out_dir = tmp_path / "sl-main-out"
+    refused = launcher(env, "down", jid, check=False)
+    assert refused.returncode == 2 and "last sync failed" in refused.stderr and "--force" in refused.stderr, refused
+    idle = launcher(env, "down", "--idle", "0m", check=False)
+    assert idle.returncode == 2 and "not torn down" in idle.stderr and cluster in idle.stderr, idle
+    assert cluster in _clusters(env)
+    ssh_cfg.write_text(good)
+
     # `down --idle 0m`: our idle cluster goes, after a last sync into the job's output folder.
     idle = launcher(env, "down", "--idle", "0m")
-    # exactly ours: the other two went by themselves, and other-keep is not ours
+    # exactly ours: the others went by themselves, and launcher-byhand is not ours
     assert idle.stdout.strip().splitlines()[-1] == f"torn down: {cluster}", idle.stdout
     names = _clusters(env)
-    assert cluster not in names and "other-keep" in names
-    out_dir = tmp_path / "sl-main-out"
+    assert cluster not in names and "launcher-byhand" in names
     assert verify(out_dir / "checkpoints" / "checkpoint-4") == []
     down = launcher(env, "down", jid)  # already gone: says so, keeps the job's outcome
     assert "SUCCEEDED" in down.stdout
@@ -167,3 +256,6 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
         for f in root.rglob("*"):
             if f.is_file() and not f.is_symlink() and f.stat().st_size < 50_000_000:
                 assert SECRET.encode() not in f.read_bytes(), f
+
+    subprocess.run(["sky", "down", "-y", "launcher-byhand"], env=env, capture_output=True, timeout=600)
+    assert _clusters(env) == []  # nothing this test made is left billing

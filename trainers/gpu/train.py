@@ -64,6 +64,12 @@ def resolve_attention(choice: str, cuda: bool) -> str:
 
 def check_method(spec, cuda: bool) -> None:
     """Refuse what cannot run here before anything heavy is loaded."""
+    gpus = spec.resources.accelerators
+    if gpus and not spec.resources.is_tpu and not cuda:
+        # A GPU machine whose driver or image is broken would otherwise train on its CPU, for hours, at GPU prices.
+        raise InputError(f"resources.accelerators is {gpus} but CUDA is not usable here (torch.cuda.is_available() "
+                         f"is False: no GPU, driver or CUDA runtime); stopping instead of training on the CPU. To "
+                         f"train on a CPU, leave resources.accelerators empty")
     if spec.method == "qlora":
         if not cuda:
             raise InputError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; "
@@ -313,6 +319,11 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     num_nodes = int(os.environ.get("SKYPILOT_NUM_NODES", "1") or 1)
     args = build_training_args(spec, out, precision=precision, evaluate=val_ds is not None, num_nodes=num_nodes)
     ckpt_dir = Path(args.output_dir)
+    with args.main_process_first(local=True):  # a fresh machine resumes from the bucket; one download a node
+        if args.local_process_index == 0:
+            from launcher.storage import resume_from_bucket
+
+            resume_from_bucket(spec.outputs.bucket, spec.name, ckpt_dir)
     resume = agree_on_checkpoint(ckpt_dir, args)
     run_id = setup_wandb(spec, out, resume) if args.should_save else None
     set_seed(args.seed)  # LoRA's initial weights come from this
