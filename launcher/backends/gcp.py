@@ -64,13 +64,10 @@ class GCPBackend(SkyBackend):
             # A relaunched TPU VM resumes from EasyLM's train state, which only a gs:// bucket holds.
             raise BackendError(f"--spot on a TPU: a preempted VM is relaunched and resumes from EasyLM's train state "
                                f"in outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
-        if spec.model.startswith("package:"):
-            raise BackendError(f"model {spec.model}: the TPU image has no Python model packages; give the model as a "
-                               f"Hugging Face folder inside the job's folder (it travels with it) or a .gguf file")
 
-    def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None) -> dict:
+    def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None, resolved: Path) -> dict:
         report = tpu_report(spec, Path(job_file), hf_token=bool(secrets.get("HF_TOKEN")))
-        task = super().render(spec, job_file, secrets=secrets, image=image)
+        task = super().render(spec, job_file, secrets=secrets, image=image, resolved=resolved)
         if report.disk_size:
             task["resources"]["disk_size"] = report.disk_size
         self._report = report

