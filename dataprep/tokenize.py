@@ -43,6 +43,13 @@ _GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
+def _arrow(x: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow array, zero-copy. pa.array() would do the same but first asks
+    whether x is a pandas object, which imports pandas (half a second of a small prep's start-up)."""
+    x = np.ascontiguousarray(x)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
+
+
 class FastTokenizer:
     """What data prep uses of a Hugging Face fast tokenizer, loaded with the `tokenizers` library alone.
 
@@ -100,9 +107,11 @@ def _finish_dataset_dir(tmp_dir: Path, arrow_dir: Path) -> None:
     """Make tmp_dir what Dataset.save_to_disk would have written, without copying the data again."""
     import hashlib
 
-    from datasets import DatasetInfo, Features
-
-    DatasetInfo(features=Features.from_arrow_schema(SCHEMA)).write_to_directory(str(tmp_dir))
+    # No "features": load_from_disk then takes them from the Arrow schema (the same List(Value(int32))
+    # columns). Writing them would import datasets, a second of a small prep's start-up, or tie the
+    # file to one datasets version's JSON format.
+    (tmp_dir / "dataset_info.json").write_text(json.dumps({"description": "", "citation": "", "homepage": "",
+                                                           "license": ""}))
     h = hashlib.sha256()
     with open(tmp_dir / ARROW, "rb") as f:  # a fingerprint of the content, as datasets keeps one
         f.seek(0, 2)
@@ -269,12 +278,12 @@ class Packer:
         sequences are just offsets into them (`firsts`: each sequence's first example).
         """
         ex_off = np.concatenate([[0], np.cumsum(lens)])
-        offsets = pa.array(np.append(ex_off[np.asarray(firsts, dtype=np.int64)], ex_off[-1]).astype(np.int32))
+        offsets = _arrow(np.append(ex_off[np.asarray(firsts, dtype=np.int64)], ex_off[-1]).astype(np.int32))
         total = len(flat)
         pos = (np.arange(total) - np.repeat(ex_off[:-1], lens)).astype(np.int32)
         labels = np.where(pos < np.repeat(prompt, lens), np.int32(-100), flat)
         stats["tokens"] += total
         stats["sequences"] += len(offsets) - 1
-        cols = [pa.ListArray.from_arrays(offsets, pa.array(x))
+        cols = [pa.ListArray.from_arrays(offsets, _arrow(x))
                 for x in (flat, np.ones(total, dtype=np.int8), labels, pos)]
         return pa.RecordBatch.from_arrays(cols, schema=SCHEMA)
