@@ -20,8 +20,11 @@ class DataError(Exception):
     """Prepared data the trainer cannot use; str() is one line naming the folder."""
 
 
-def load_split(data_dir: str | Path, split: str, required: bool = True):
-    """DATA/split as a datasets.Dataset with only the columns the collator uses (None if absent and optional)."""
+def load_split(data_dir: str | Path, split: str, required: bool = True, with_length: bool = False):
+    """DATA/split as a datasets.Dataset with only the columns the collator uses (None if absent and optional).
+
+    with_length adds `length` (tokens per row), which the Trainer's length-grouped sampler reads
+    instead of going through every row itself."""
     import datasets
 
     path = Path(data_dir) / split
@@ -43,7 +46,12 @@ def load_split(data_dir: str | Path, split: str, required: bool = True):
         if required:
             raise DataError(f"{path}: no rows")
         return None
-    return ds.select_columns(list(REQUIRED))
+    ds = ds.select_columns(list(REQUIRED))
+    if with_length:
+        import pyarrow.compute as pc
+
+        ds = ds.add_column("length", pc.list_value_length(ds.data.column("input_ids")).to_pylist())
+    return ds
 
 
 class PackedCollator:
