@@ -42,6 +42,14 @@ def test_packed_loss_per_example_equals_alone(smollm2_dir, tokenizer):
             logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
             packed = per_example_losses(logits, batch["labels"], batch["position_ids"])
             assert packed == pytest.approx(alone, abs=2e-4), flatten
+        # One example per row (data.packing: false): right padding only, the same losses.
+        singles = pack(examples, 16)
+        batch = PackedCollator(tokenizer.pad_token_id)(singles)
+        assert "position_ids" not in batch and batch["input_ids"].shape[0] == len(examples)
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+        lengths = [len(r["input_ids"]) for r in singles]
+        pos = torch.stack([torch.cat([torch.arange(n), torch.full((batch["input_ids"].shape[1] - n,), -1)]) for n in lengths])
+        assert per_example_losses(logits, batch["labels"], pos) == pytest.approx(alone, abs=2e-4)
         # The same rows without the restarts (one long text per row): the later examples see the earlier ones.
         batch = PackedCollator(tokenizer.pad_token_id)(rows)
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits

@@ -62,7 +62,8 @@ class PackedCollator:
     rows keep their shape and a shorter row is filled by a separate dummy segment (its own
     position_ids from 0, labels ignored), so that no attention_mask is needed and the packed
     block-diagonal mask still applies. Packed rows are all full length but the last, so this
-    fill is almost never used.
+    fill is almost never used. A batch of one example per row (unpacked data) is simply
+    right-padded, without position_ids.
 
     In both cases the first token of every example gets label -100: otherwise the last token of
     one example would be trained to predict the first token of the next.
@@ -82,6 +83,12 @@ class PackedCollator:
             return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(pos)[None],
                     "labels": torch.cat(labels)[None]}
         longest = max(len(x) for x in ids)
+        if all(int((p == 0).sum()) == 1 for p in pos):
+            # One example per row (data.packing: false): plain right padding. Causal attention keeps
+            # real tokens off the padding, so no position_ids and no mask are needed, and SDPA takes
+            # its causal kernel instead of a block-diagonal mask.
+            return {"input_ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.pad_token_id),
+                    "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)}
         for i in range(len(rows)):
             fill = longest - len(ids[i])
             if fill:
