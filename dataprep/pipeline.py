@@ -35,13 +35,13 @@ STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 
 def load_tokenizer(spec):
-    from transformers import AutoTokenizer
-
     from launcher.models import ModelError, resolve_model
+
+    from .tokenize import load_tokenizer as load  # without torch where the tokenizer allows
 
     ref = spec.tokenizer or spec.model
     try:
-        return AutoTokenizer.from_pretrained(resolve_model(ref))
+        return load(resolve_model(ref))
     except ModelError as e:
         raise DataError(str(e)) from None
     except (OSError, ValueError) as e:

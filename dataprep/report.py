@@ -44,12 +44,11 @@ def write_report(out_dir: Path, cfg: DataConfig, counts: dict, rejects: Rejects,
 
 
 def _histogram(lengths: np.ndarray, max_length: int, path: Path) -> None:
-    import matplotlib
+    # A Figure without pyplot: no backend selection or figure manager to import, and nothing global to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.hist(lengths, bins=50, range=(0, max(max_length, int(lengths.max()) if len(lengths) else 1)))
     ax.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
     ax.set_xlabel("tokens per example")
@@ -58,7 +57,6 @@ def _histogram(lengths: np.ndarray, max_length: int, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _markdown(r: dict) -> str:

@@ -36,14 +36,82 @@ SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.l
 
 ARROW = "data-00000-of-00001.arrow"
 
+# tokenizer_config.json classes that AutoTokenizer maps to the generic fast tokenizer, which is exactly
+# tokenizer.json run by the `tokenizers` library. Model-specific classes (LlamaTokenizer, ...) may
+# rebuild parts of the pipeline in Python, so for them AutoTokenizer stays the reference.
+_GENERIC_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _arrow(x: np.ndarray) -> pa.Array:
+    """A numpy array as an Arrow array, zero-copy. pa.array() would do the same but first asks
+    whether x is a pandas object, which imports pandas (half a second of a small prep's start-up)."""
+    x = np.ascontiguousarray(x)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(x.dtype), len(x), [None, pa.py_buffer(x)])
+
+
+class FastTokenizer:
+    """What data prep uses of a Hugging Face fast tokenizer, loaded with the `tokenizers` library alone.
+
+    AutoTokenizer imports torch (about 3 s of a prep's start-up; `tokenizers` alone loads in 0.1 s).
+    Encoding goes through the same tokenizer.json, so the ids are the same; the chat template is
+    rendered by transformers' own PreTrainedTokenizerFast (torch-free), loaded on first use, so that
+    chat-templated text is exactly what apply_chat_template gives and plain data never imports
+    transformers. tests/dataprep/test_tokenizer_load.py checks both against AutoTokenizer.
+    """
+
+    is_fast = True
+
+    def __init__(self, folder: Path, config: dict):
+        from tokenizers import Tokenizer
+
+        self.folder = folder
+        self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        for name in _SPECIAL:
+            tok = config.get(name)
+            if isinstance(tok, dict):  # an AddedToken as older versions save it
+                tok = tok.get("content")
+            setattr(self, name, tok)
+            setattr(self, name + "_id", None if tok is None else self.backend_tokenizer.token_to_id(tok))
+        template = folder / "chat_template.jinja"
+        self.chat_template = template.read_text(encoding="utf-8") if template.is_file() else config.get("chat_template")
+        self._hf = None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def apply_chat_template(self, conversation, **kw):
+        if self._hf is None:
+            from transformers import PreTrainedTokenizerFast
+
+            self._hf = PreTrainedTokenizerFast.from_pretrained(str(self.folder))
+        return self._hf.apply_chat_template(conversation, **kw)
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of a local model folder or hub id: a FastTokenizer where that gives the same
+    ids and template as AutoTokenizer (a generic tokenizer.json), else AutoTokenizer itself."""
+    folder = Path(ref)
+    cfg_file = folder / "tokenizer_config.json"
+    if (folder / "tokenizer.json").is_file() and cfg_file.is_file():
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        # add_bos_token/add_eos_token make transformers rewrite the post-processor: leave those to it.
+        if config.get("tokenizer_class") in _GENERIC_CLASSES and not {"add_bos_token", "add_eos_token"} & set(config):
+            return FastTokenizer(folder, config)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ref)
+
 
 def _finish_dataset_dir(tmp_dir: Path, arrow_dir: Path) -> None:
     """Make tmp_dir what Dataset.save_to_disk would have written, without copying the data again."""
     import hashlib
 
-    from datasets import DatasetInfo, Features
-
-    DatasetInfo(features=Features.from_arrow_schema(SCHEMA)).write_to_directory(str(tmp_dir))
+    # No "features": load_from_disk then takes them from the Arrow schema (the same List(Value(int32))
+    # columns). Writing them would import datasets, a second of a small prep's start-up, or tie the
+    # file to one datasets version's JSON format.
+    (tmp_dir / "dataset_info.json").write_text(json.dumps({"description": "", "citation": "", "homepage": "",
+                                                           "license": ""}))
     h = hashlib.sha256()
     with open(tmp_dir / ARROW, "rb") as f:  # a fingerprint of the content, as datasets keeps one
         f.seek(0, 2)
@@ -210,12 +278,12 @@ class Packer:
         sequences are just offsets into them (`firsts`: each sequence's first example).
         """
         ex_off = np.concatenate([[0], np.cumsum(lens)])
-        offsets = pa.array(np.append(ex_off[np.asarray(firsts, dtype=np.int64)], ex_off[-1]).astype(np.int32))
+        offsets = _arrow(np.append(ex_off[np.asarray(firsts, dtype=np.int64)], ex_off[-1]).astype(np.int32))
         total = len(flat)
         pos = (np.arange(total) - np.repeat(ex_off[:-1], lens)).astype(np.int32)
         labels = np.where(pos < np.repeat(prompt, lens), np.int32(-100), flat)
         stats["tokens"] += total
         stats["sequences"] += len(offsets) - 1
-        cols = [pa.ListArray.from_arrays(offsets, pa.array(x))
+        cols = [pa.ListArray.from_arrays(offsets, _arrow(x))
                 for x in (flat, np.ones(total, dtype=np.int8), labels, pos)]
         return pa.RecordBatch.from_arrays(cols, schema=SCHEMA)

@@ -65,6 +65,9 @@ class TrainConfig(_Section):
     logging_first_step: bool = Field(True, description="Also log the very first step.")
     dataloader_num_workers: int = Field(1, ge=0, description="Worker processes that load batches.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length together (less padding when data.packing is false; "
+                           "packed rows are all about max_length already).")
     report_to: Literal["none", "wandb", "tensorboard"] = Field("none", description="Where metrics go.")
     wandb_project: str | None = Field(None, description="W&B project (default: the job name).")
     do_eval: bool = Field(True, description="Evaluate on the validation split.")

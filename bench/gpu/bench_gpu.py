@@ -1,12 +1,17 @@
-"""GPU throughput of the trainer's data layout: packed rows against the guide's padded batches.
+"""GPU throughput of the trainer's data layout: packed rows against the guide's real batching.
 
 A randomly initialised 1B-class LLaMA (no weights to download) trains in bf16, as LoRA and as a
-full fine-tune, on the same synthetic examples in three layouts, all in this one run:
+full fine-tune, on the same synthetic examples in four layouts, all in this one run:
 
-  guide     one example per row, padded to max_length, attention_mask (the guide's setup)
-  dynamic   one example per row, padded to the longest row of the batch
-  packed    trainers.gpu.data.PackedCollator: packed rows, position_ids restarts; with flash-attn
-            installed the batch is flattened into one variable-length row, as the trainer does
+  guide          the guide's training code's collator (PygmalionAI training-code,
+                 DataCollatorForMmapedDataset): one example per row, padded to the longest row of the
+                 batch rounded up to a multiple of 8, no attention_mask, labels -100 on padding
+  max            one example per row, padded to max_length, attention_mask
+  packed_nomask  packed rows with position ids 0..L-1: examples attend to the ones before them
+  packed         trainers.gpu.data.PackedCollator: packed rows, position_ids restarts; with flash-attn
+                 installed the batch is flattened into one variable-length row, as the trainer does
+
+Ratios are against `guide`.
 
 For each it prints useful (real, non-padding) tokens per second and model-FLOPs utilisation:
 useful tokens x FLOPs per token / time / peak. FLOPs per token count the matmuls only: 6N for a
@@ -38,6 +43,7 @@ LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, 
                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256)
+LAYOUTS = ("guide", "max", "packed_nomask", "packed")
 PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "A10G": 125, "L4": 121, "RTX 4090": 165}
 
 
@@ -57,13 +63,16 @@ def pack(examples, max_length):
     return rows
 
 
-def padded(examples, pad_id, width):
+def padded(examples, pad_id, width, with_mask=True):
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, e in enumerate(examples):
         ids[i, :len(e)] = torch.tensor(e)
         mask[i, :len(e)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    batch = {"input_ids": ids, "labels": ids.masked_fill(mask == 0, -100)}
+    if with_mask:
+        batch["attention_mask"] = mask
+    return batch
 
 
 def layout_batches(kind, examples, rows, bs, max_length, flatten):
@@ -78,11 +87,17 @@ def layout_batches(kind, examples, rows, bs, max_length, flatten):
                     starts = [j for j, p in enumerate(r["position_ids"]) if p == 0] + [len(r["position_ids"])]
                     lens += [b - a for a, b in zip(starts, starts[1:])]
                 yield collate(chunk), lens
+        elif kind == "packed_nomask":
+            for i in range(0, len(rows) - bs + 1, bs):
+                chunk = rows[i:i + bs]
+                # attention spans the whole row: count it as one long sequence of real tokens
+                yield padded([r["input_ids"] for r in chunk], 0, max(len(r["input_ids"]) for r in chunk),
+                             with_mask=False), [len(r["input_ids"]) for r in chunk]
         else:
             for i in range(0, len(examples) - bs + 1, bs):
                 chunk = examples[i:i + bs]
-                width = max_length if kind == "guide" else max(len(e) for e in chunk)
-                yield padded(chunk, 0, width), [len(e) for e in chunk]
+                width = max_length if kind == "max" else -(-max(len(e) for e in chunk) // 8) * 8
+                yield padded(chunk, 0, width, with_mask=kind == "max"), [len(e) for e in chunk]
 
 
 def flops_per_step(n_params, cfg, lens, method):
@@ -178,14 +193,14 @@ def main() -> int:
     results = []
     for method in args.methods.split(","):
         base = None
-        for kind in ("guide", "dynamic", "packed"):
+        for kind in LAYOUTS:
             tps, fps, mem = run_one(cfg, method, kind, examples, rows, args, device, dtype, attn)
             base = base or tps
             mfu = fps / (peak * 1e12)
             results.append({"method": method, "layout": kind, "useful_tokens_per_s": tps, "mfu": mfu,
                             "peak_mem_gib": mem, "vs_guide": tps / base})
-            print(f"{method:4s} {kind:8s} {tps:11.0f} useful tokens/s  MFU {mfu:6.1%}  "
-                  f"{tps / base:5.2f}x the guide's padded batches  peak mem {mem:.1f} GiB", flush=True)
+            print(f"{method:4s} {kind:13s} {tps:11.0f} useful tokens/s  MFU {mfu:6.1%}  "
+                  f"{tps / base:5.2f}x the guide's collator  peak mem {mem:.1f} GiB", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": name, "attn": attn, "results": results}, indent=1))
     return 0

@@ -293,5 +293,5 @@ def test_gpu_bench_runs_tiny_on_cpu(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [(r["method"], r["layout"]) for r in results] == [
-        (m, k) for m in ("lora", "full") for k in ("guide", "dynamic", "packed")]
+        (m, k) for m in ("lora", "full") for k in ("guide", "max", "packed_nomask", "packed")]
     assert all(r["useful_tokens_per_s"] > 0 for r in results)

@@ -20,8 +20,11 @@ class DataError(Exception):
     """Prepared data the trainer cannot use; str() is one line naming the folder."""
 
 
-def load_split(data_dir: str | Path, split: str, required: bool = True):
-    """DATA/split as a datasets.Dataset with only the columns the collator uses (None if absent and optional)."""
+def load_split(data_dir: str | Path, split: str, required: bool = True, with_length: bool = False):
+    """DATA/split as a datasets.Dataset with only the columns the collator uses (None if absent and optional).
+
+    with_length adds `length` (tokens per row), which the Trainer's length-grouped sampler reads
+    instead of going through every row itself."""
     import datasets
 
     path = Path(data_dir) / split
@@ -43,7 +46,12 @@ def load_split(data_dir: str | Path, split: str, required: bool = True):
         if required:
             raise DataError(f"{path}: no rows")
         return None
-    return ds.select_columns(list(REQUIRED))
+    ds = ds.select_columns(list(REQUIRED))
+    if with_length:
+        import pyarrow.compute as pc
+
+        ds = ds.add_column("length", pc.list_value_length(ds.data.column("input_ids")).to_pylist())
+    return ds
 
 
 class PackedCollator:
@@ -54,7 +62,8 @@ class PackedCollator:
     rows keep their shape and a shorter row is filled by a separate dummy segment (its own
     position_ids from 0, labels ignored), so that no attention_mask is needed and the packed
     block-diagonal mask still applies. Packed rows are all full length but the last, so this
-    fill is almost never used.
+    fill is almost never used. A batch of one example per row (unpacked data) is simply
+    right-padded, without position_ids.
 
     In both cases the first token of every example gets label -100: otherwise the last token of
     one example would be trained to predict the first token of the next.
@@ -74,6 +83,12 @@ class PackedCollator:
             return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(pos)[None],
                     "labels": torch.cat(labels)[None]}
         longest = max(len(x) for x in ids)
+        if all(int((p == 0).sum()) == 1 for p in pos):
+            # One example per row (data.packing: false): plain right padding. Causal attention keeps
+            # real tokens off the padding, so no position_ids and no mask are needed, and SDPA takes
+            # its causal kernel instead of a block-diagonal mask.
+            return {"input_ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=self.pad_token_id),
+                    "labels": torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE)}
         for i in range(len(rows)):
             fill = longest - len(ids[i])
             if fill:

@@ -132,6 +132,7 @@ def training_kwargs(spec, out: Path, *, precision: str, evaluate: bool, num_node
         logging_steps=t.logging_steps,
         logging_first_step=t.logging_first_step,
         dataloader_num_workers=t.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # the guide's gradient checkpointing, under its current name
         activation_checkpointing=t.gradient_checkpointing and not t.fsdp,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
@@ -305,7 +306,7 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     precision = resolve_precision(spec.train.precision, cuda, cuda and torch.cuda.is_bf16_supported())
     attn = resolve_attention(spec.train.attn_implementation, cuda)
     try:
-        train_ds = load_split(data_dir, "train")
+        train_ds = load_split(data_dir, "train", with_length=spec.train.group_by_length)
         val_ds = load_split(data_dir, "val", required=False) if spec.train.do_eval else None
     except DataError as e:
         raise InputError(str(e)) from None
