@@ -117,7 +117,7 @@ def longtail_examples(n: int, median: int, sigma: float, max_length: int, seed: 
 
 def pack(examples, max_length: int) -> list[dict]:
     """Greedy, in order, as data prep packs (an example never split)."""
-    rows, ids, pos, n = [], [], [], 0
+    rows, ids, pos = [], [], []
     for ex in examples:
         if ids and len(ids) + len(ex) > max_length:
             rows.append({"input_ids": ids, "labels": list(ids), "position_ids": pos, "n_real": len(ids)})
