@@ -26,8 +26,6 @@ import json
 import math
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,111 +163,14 @@ def count_params_meta(cfg: dict) -> int | None:
         return None
 
 
-def _hf_cache_dirs() -> list[Path]:
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
-    ours = Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser() / "configs"
-    return [Path(hub), ours]
-
-
 def read_config(ref: str, base: Path | None = None, *, online: bool = True) -> dict:
-    """The model's config as a dict, without its weights.
+    """The model's config as a dict, without its weights (launcher.models.model_config)."""
+    from launcher.models import ModelError, model_config
 
-    `ref` as the job's `model:` field: `package:NAME`, a local folder (its config.json), a .gguf
-    file (its metadata), or a hub id: its config.json from the Hugging Face cache, else fetched
-    once (one small file) and kept under $LAUNCHER_HOME/configs.
-    """
-    from launcher.models import ModelError, _package_model
-
-    path: Path | None = None
-    if ref.startswith("package:"):
-        try:
-            path = _package_model(ref.split(":", 1)[1])
-        except ModelError as e:
-            raise EstimateError(str(e)) from None
-    else:
-        p = Path(ref).expanduser()
-        if base is not None and not p.is_absolute() and (base / p).exists():
-            p = base / p
-        if p.exists() or ref.endswith(".gguf") or ref.startswith((".", "/", "~")):
-            if not p.exists():
-                raise EstimateError(f"model {ref}: no such file or folder")
-            path = p
-    if path is not None:
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise EstimateError(f"model {ref}: no config.json in {path}")
-            return json.loads((path / "config.json").read_text())
-        if path.suffix == ".gguf":
-            return gguf_config(path)
-        raise EstimateError(f"model {ref}: expected a folder with config.json or a .gguf file")
-    return _hub_config(ref, online=online)
-
-
-def _hub_config(repo: str, *, online: bool) -> dict:
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise EstimateError(f"model {repo}: not a local path, a .gguf file, package:NAME or a hub id (org/name)")
-    hub, ours = _hub_cache_dirs_for(repo)
-    for c in sorted(hub.glob("snapshots/*/config.json")) + [ours]:
-        if c.is_file():
-            return json.loads(c.read_text())
-    if not online:
-        raise EstimateError(f"model {repo}: its config.json is not cached here and the estimate is offline")
-    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{repo}/resolve/main/config.json"
-    req = urllib.request.Request(url)
-    if os.environ.get("HF_TOKEN"):
-        req.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
-    except urllib.error.HTTPError as e:
-        raise EstimateError(f"model {repo}: the hub answered {e.code} for its config.json"
-                            + (" (gated or private: set HF_TOKEN)" if e.code in (401, 403) else "")) from None
-    except (urllib.error.URLError, OSError) as e:
-        raise EstimateError(f"model {repo}: its config.json is not cached here and the hub cannot be reached "
-                            f"({getattr(e, 'reason', e)}); run once online, or give a local folder or .gguf file") from None
-    ours.parent.mkdir(parents=True, exist_ok=True)
-    ours.write_text(text)
-    return json.loads(text)
-
-
-def _hub_cache_dirs_for(repo: str) -> tuple[Path, Path]:
-    hub, ours = _hf_cache_dirs()
-    return hub / f"models--{repo.replace('/', '--')}", ours / f"{repo.replace('/', '--')}.json"
-
-
-def gguf_config(path: Path) -> dict:
-    """A Hugging Face-style config from a GGUF file's metadata, with the exact parameter count
-    (the sum of its tensors' elements) under `_params`."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        raise EstimateError(f"model {path}: reading GGUF metadata needs the gguf package (pip install gguf)") from None
-    reader = GGUFReader(path)
-
-    def get(name):
-        f = reader.fields.get(name)
-        if f is None:
-            return None
-        v = f.parts[f.data[0]]
-        return bytes(v).decode() if v.dtype.kind == "u" and v.dtype.itemsize == 1 and len(v) != 1 else v[0].item()
-
-    arch = get("general.architecture") or "llama"
-    a = lambda k: get(f"{arch}.{k}")  # noqa: E731
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    names = {t.name for t in reader.tensors}
-    heads = a("attention.head_count")
-    return {
-        "model_type": "llama" if arch == "llama" else arch,
-        "hidden_size": a("embedding_length"), "num_hidden_layers": a("block_count"),
-        "num_attention_heads": heads, "num_key_value_heads": a("attention.head_count_kv") or heads,
-        "intermediate_size": a("feed_forward_length"),
-        "vocab_size": a("vocab_size") or (len(tokens.data) if tokens is not None else None),
-        "tie_word_embeddings": "output.weight" not in names,
-        "max_position_embeddings": a("context_length"),
-        "rms_norm_eps": a("attention.layer_norm_rms_epsilon") or 1e-5,
-        "rope_theta": a("rope.freq_base") or 10000.0,
-        "_params": int(sum(int(t.n_elements) for t in reader.tensors)),
-    }
+        return model_config(ref, base, online=online)[0]
+    except ModelError as e:
+        raise EstimateError(str(e)) from None
 
 
 def model_shape(ref: str, base: Path | None = None, *, online: bool = True, exact: bool | str = True) -> ModelShape:
@@ -657,10 +558,22 @@ def setup_for(spec, acc: Accel | None, count: int) -> Setup:
 
 
 def tpu_memory(shape: ModelShape, spec, acc: Accel) -> Memory:
-    """Memory per TPU device. Until the EasyLM mesh plan (launcher/tpu_plan.py, `plan(shape, job,
-    tpu_type)`) is wired in here, the same arithmetic as a GPU FSDP full fine-tune over the slice's
-    devices, with activations of the per-device batch."""
-    return training_memory(shape, setup_for(spec, acc, acc.devices))
+    """Memory per TPU device: the TPU trainer's own plan (launcher/tpu_plan.py: EasyLM's sharded
+    train step on the mesh, with the changes it makes to fit), so that the estimate and the run
+    agree. Where that plan has nothing that fits, or the model is not one EasyLM trains, the job as
+    written is shown as a GPU-style FSDP full fine-tune over the slice's devices."""
+    from launcher import tpu_plan
+
+    try:
+        plan = tpu_plan.plan_for_spec(spec, tpu_plan.ModelShape.from_hf_config(shape.config), acc.name)
+    except (tpu_plan.PlanError, KeyError) as e:
+        mem = training_memory(shape, setup_for(spec, acc, acc.devices))
+        why = str(e) if isinstance(e, tpu_plan.PlanError) else f"no {e} in the model's config"
+        return Memory(mem.parts, [*mem.notes, f"the TPU plan: {why}"])
+    s = plan.setup
+    notes = [f"EasyLM mesh {s.mesh_dim} (dp,fsdp,mp), {s.rows_per_update} rows of {s.seq} tokens per update, "
+             f"remat {'on' if s.remat else 'off'}, adam mu {s.moments}", *(f"changed to fit: {c}" for c in plan.changes)]
+    return Memory(dict(plan.memory.parts), notes)
 
 
 def memory_for(shape: ModelShape, spec, acc: Accel | None, count: int) -> Memory:

@@ -16,7 +16,11 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import json
+import re
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from launcher.errors import LauncherError
@@ -132,3 +136,103 @@ def _repair_from_gguf(gguf: Path, model, tok) -> None:
     add_bos = field("tokenizer.ggml.add_bos_token")
     if add_bos is not None and getattr(tok, "add_bos_token", None) not in (None, bool(add_bos)):
         tok.add_bos_token = bool(add_bos)  # LlamaTokenizerFast rebuilds its post-processor on this
+
+
+# -- a model's config without its weights (the estimate and the TPU plan) -------------------------
+
+def cached_config_path(hub_id: str) -> Path:
+    """Where a hub model's config.json is kept once fetched."""
+    return Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser() / "hub-configs" / hub_id.replace("/", "--") / "config.json"
+
+
+def model_config(ref: str, base: Path | None = None, *, online: bool = True, timeout: float = 10.0) -> tuple[dict, str]:
+    """The config of the job's `model:` as a dict, and where it came from; no weights are read.
+
+    `package:NAME` and `.gguf` files: from the GGUF's metadata (with the exact parameter count under
+    `_params`); a local folder: its config.json; a hub id: the Hugging Face cache, our cache, else
+    fetched once (one small file, HF_TOKEN for gated models) and cached. ModelError (one line) when
+    it cannot be had, offline included.
+    """
+    path: Path | None = None
+    if ref.startswith("package:"):
+        path = _package_model(ref.split(":", 1)[1])
+    else:
+        p = Path(ref).expanduser()
+        if base is not None and not p.is_absolute() and (base / p).exists():
+            p = base / p
+        if p.exists() or ref.endswith(".gguf") or ref.startswith((".", "/", "~")):
+            if not p.exists():
+                raise ModelError(f"model {ref}: no such file or folder")
+            path = p
+    if path is not None:
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model {ref}: no config.json in {path}")
+            return json.loads((path / "config.json").read_text()), str(path / "config.json")
+        if path.suffix == ".gguf":
+            return gguf_config(path), f"{path} (GGUF metadata)"
+        raise ModelError(f"model {ref}: expected a folder with config.json or a .gguf file")
+    return _hub_config(ref, online=online, timeout=timeout)
+
+
+def _hub_config(repo: str, *, online: bool, timeout: float) -> tuple[dict, str]:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ModelError(f"model {repo}: not a local path, a .gguf file, package:NAME or a hub id (org/name)")
+    hf_hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+    ours = cached_config_path(repo)
+    for c in sorted((Path(hf_hub) / f"models--{repo.replace('/', '--')}").glob("snapshots/*/config.json")) + [ours]:
+        if c.is_file():
+            return json.loads(c.read_text()), f"{c} (cached from the hub)"
+    if not online:
+        raise ModelError(f"model {repo}: its config.json is not cached here and this is offline; put it at {ours}")
+    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{repo}/resolve/main/config.json"
+    req = urllib.request.Request(url)
+    if os.environ.get("HF_TOKEN"):
+        req.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read().decode()
+    except urllib.error.HTTPError as e:
+        raise ModelError(f"model {repo}: the hub answered {e.code} for its config.json"
+                         + (" (gated or private: set HF_TOKEN and accept its license on the hub)" if e.code in (401, 403) else "")) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelError(f"model {repo}: cannot reach the hub for its config.json ({getattr(e, 'reason', e)}); "
+                         f"offline, put it at {ours}, or give a local folder or .gguf file") from None
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    ours.write_text(text)
+    return json.loads(text), url
+
+
+def gguf_config(path: Path) -> dict:
+    """A Hugging Face-style config from a GGUF file's metadata, with the exact parameter count
+    (the sum of its tensors' elements) under `_params`."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelError(f"model {path}: reading GGUF metadata needs the gguf package (pip install gguf)") from None
+    reader = GGUFReader(path)
+
+    def get(name):
+        f = reader.fields.get(name)
+        if f is None:
+            return None
+        v = f.parts[f.data[0]]
+        return bytes(v).decode() if v.dtype.kind == "u" and v.dtype.itemsize == 1 and len(v) != 1 else v[0].item()
+
+    arch = get("general.architecture") or "llama"
+    a = lambda k: get(f"{arch}.{k}")  # noqa: E731
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    names = {t.name for t in reader.tensors}
+    heads = a("attention.head_count")
+    return {
+        "model_type": "llama" if arch == "llama" else arch,
+        "hidden_size": a("embedding_length"), "num_hidden_layers": a("block_count"),
+        "num_attention_heads": heads, "num_key_value_heads": a("attention.head_count_kv") or heads,
+        "intermediate_size": a("feed_forward_length"),
+        "vocab_size": a("vocab_size") or (len(tokens.data) if tokens is not None else None),
+        "tie_word_embeddings": "output.weight" not in names,
+        "max_position_embeddings": a("context_length"),
+        "rms_norm_eps": a("attention.layer_norm_rms_epsilon") or 1e-5,
+        "rope_theta": a("rope.freq_base") or 10000.0,
+        "_params": int(sum(int(t.n_elements) for t in reader.tensors)),
+    }

@@ -29,12 +29,8 @@ fits, `PlanError` names the smallest TPU type that would.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -407,48 +403,18 @@ def disk_plan(shape: ModelShape, *, hub_download: bool, bucket: bool, state_dtyp
 
 # -- the model's config -------------------------------------------------------------------------
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("LAUNCHER_HOME", "~/.launcher")).expanduser() / "hub-configs"
+def model_config(ref: str, base: Path | None = None, *, timeout: float = 10.0) -> tuple[dict | None, str]:
+    """A job's `model:` config and where it came from (launcher.models.model_config); (None, why)
+    when it cannot be had, offline included: a dry run then says so instead of failing."""
+    from launcher.models import ModelError, model_config as read
+
+    try:
+        return read(ref, base, timeout=timeout)
+    except ModelError as e:
+        return None, str(e)
 
 
 def cached_config_path(hub_id: str) -> Path:
-    return _cache_root() / hub_id.replace("/", "--") / "config.json"
+    from launcher.models import cached_config_path as path
 
-
-def model_config(ref: str, base: Path | None = None, *, timeout: float = 10.0) -> tuple[dict | None, str]:
-    """A job's `model:` config.json and where it came from; (None, why) when it cannot be had.
-
-    A local folder is read; a hub id is read from the cache, else fetched once from the hub (HF_TOKEN
-    for gated models) and cached; offline, the reason is returned, not raised.
-    """
-    if ref.startswith("package:"):
-        return None, f"{ref} is a package model (GGUF): its shape is known once converted"
-    p = Path(ref).expanduser()
-    if base is not None and not p.is_absolute():
-        p = base / p
-    if p.is_dir():
-        cfg = p / "config.json"
-        if not cfg.is_file():
-            return None, f"{p} has no config.json"
-        return json.loads(cfg.read_text()), str(cfg)
-    if ref.endswith(".gguf") or ref.startswith((".", "/", "~")):
-        return None, f"{ref} is not a HF folder"
-    cached = cached_config_path(ref)
-    if cached.is_file():
-        return json.loads(cached.read_text()), f"{cached} (cached from the hub)"
-    url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{ref}/resolve/main/config.json"
-    req = urllib.request.Request(url)
-    if os.environ.get("HF_TOKEN"):
-        req.add_header("Authorization", f"Bearer {os.environ['HF_TOKEN']}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            cfg = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        hint = " (a gated model: set HF_TOKEN and accept its license on the hub)" if e.code in (401, 403) else ""
-        return None, f"the hub answered {e.code} for {ref}'s config.json{hint}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return None, (f"cannot reach the hub for {ref}'s config.json ({getattr(e, 'reason', e)}); offline, "
-                      f"put it at {cached}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(cfg, indent=1))
-    return cfg, url
+    return path(hub_id)

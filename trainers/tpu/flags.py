@@ -122,6 +122,7 @@ TRAIN_FIELDS = {
     "sample_max_new_tokens": "none: with sample_prompts only",
     "attn_implementation": "none: EasyLM's own attention (auto or eager only)",
     "fsdp": "mesh_dim: a TPU run is always FSDP-sharded",
+    "group_by_length": "none: EasyLM reads the packed rows in order (true refused)",
 }
 ADAMW = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adamw_torch_xla")
 
@@ -149,6 +150,8 @@ def check_train_fields(spec) -> list[str]:
         refuse("eval_on_start", "EasyLM evaluates at every log, the first step's included")
     if t.ddp_find_unused_parameters:
         refuse("ddp_find_unused_parameters", "a GPU DDP setting")
+    if t.group_by_length:
+        refuse("group_by_length", "EasyLM reads the packed rows in order; data prep packs them already")
     if t.sample_prompts not in (0, fields["sample_prompts"].default):
         refuse("sample_prompts", "the TPU trainer writes no samples; set 0")
     if t.attn_implementation not in ("auto", "eager"):
