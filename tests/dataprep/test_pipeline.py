@@ -82,7 +82,8 @@ def test_labels_mask_the_prompt_and_packing_keeps_examples_whole(tmp_path, job, 
     write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "out"
     prepare(job([{"path": "a.jsonl"}], max_length=64, split=[0.9, 0.1]), out, tmp_path, tokenizer=tok)
-    pairs = {r["prompt"]: r["generation"] for r in rows}
+    # the default prompt template: Alpaca's, so the model sees where the prompt ends
+    pairs = {f"### Instruction:\n{r['prompt']}\n\n### Response:\n": r["generation"] for r in rows}
     seen, multi = 0, 0
     for split in ("train", "val"):
         order = []
@@ -227,9 +228,12 @@ def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tok):
     report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tok)
     rows = [json.loads(x) for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines()]
     pairs = {(r["input"], r["output"]) for r in rows}
-    assert ("", "Title\n\nBody text here.") in pairs
-    assert ("two\nlines?", "yes, two") in pairs
-    assert ("Line1\nLine2", "\\N is not null") in pairs  # \r\n normalized by cleaning, the rest exact
-    assert ("Unicode: héllo 世界 🎉 é", "Reply with ),( and 'quotes'") in pairs  # NFC composes e + U+0301
-    assert report["totals"] == {"rows_in": 1 + 1 + 1 + 6, "examples_kept": 8, "rows_rejected": 1, "reconciles": True}
-    assert rejects(out)[0]["where"] == f"{site}/empty.html:1"
+    alpaca = "### Instruction:\n{}\n\n### Response:\n".format
+    assert ("", "# Title\n\nBody text here.") in pairs
+    assert (alpaca("two\nlines?"), "yes, two") in pairs
+    assert (alpaca("Line1\nLine2"), "\\N is not null") in pairs  # \r\n normalized by cleaning, the rest exact
+    assert (alpaca("Unicode: héllo 世界 🎉 é"), "Reply with ),( and 'quotes'") in pairs  # NFC composes e + U+0301
+    # the CSV header is a unit read, accounted as such
+    assert report["totals"] == {"rows_in": 1 + 1 + 2 + 6, "examples_kept": 8, "rows_rejected": 2, "reconciles": True}
+    assert [(r["where"], r["reason"]) for r in rejects(out)] == [(f"{site}/empty.html:1", "bad_input"),
+                                                                   (f"{tmp_path}/qa.csv:1", "csv_header")]
