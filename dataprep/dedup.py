@@ -150,7 +150,7 @@ class Deduper:
         if cfg.near:
             self.sign = Signer(cfg)
 
-    def check(self, rec: dict, key: str, bands: list[int] | None = None, sh: bytes | None = None) -> str | None:
+    def check(self, rec: dict, key: str, bands: bytes | None = None, sh: bytes | None = None) -> str | None:
         """None if the record is new (and remember it), else the drop reason."""
         return self.check_batch([(rec, key, bands, sh)])[0]
 

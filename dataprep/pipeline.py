@@ -30,7 +30,7 @@ from .ingest import read_source, source_files
 from .report import write_report
 from .tokenize import Packer
 
-VERSION = "dataprep-2"  # bump when the output of the same inputs changes
+VERSION = "dataprep-3"  # bump when the output of the same inputs changes
 STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 
