@@ -137,7 +137,9 @@ def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | s
         msgs = []
         for t in rec["messages"]:
             c = clean_text(t["content"], cfg)
-            if t["role"] != "user":  # the user's words are data; only answers carry synthetic boilerplate
+            # only the assistant's answers carry synthetic boilerplate; a system prompt saying "As an AI
+            # assistant, you..." or the user's own words are data
+            if t["role"] == "assistant":
                 c, h = bp.apply(c)
                 hit = hit or h
             msgs.append({"role": t["role"], "content": c})

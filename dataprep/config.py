@@ -104,7 +104,7 @@ class DataConfig(_Section):
         False, description="Render input/output pairs as a user/assistant chat with the tokenizer's chat template.")
     prompt_template: str = Field(
         "alpaca", description="Without chat_template: how a pair's prompt is written before its answer: alpaca "
-                              "(### Instruction: / ### Response:), pygmalion (the guide's <|user|> / <|model|>), "
+                              "(### Instruction: / ### Response:), pygmalion (Pygmalion-2's <|user|> / <|model|>), "
                               "none (prompt and answer glued together), or your own text with {input} in it. "
                               "The loss stays on the answer only.")
     text_key: str = Field("text", description="Key of the formatted text in train.jsonl / val.jsonl.")

@@ -364,7 +364,7 @@ def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> No
 
 def _answer(rec: dict) -> str:
     if "messages" in rec:
-        return " / ".join(str(t["content"]) for t in rec["messages"] if t["role"] != "user")
+        return " / ".join(str(t["content"]) for t in rec["messages"] if t["role"] == "assistant")
     return str(rec.get("output", rec.get("text", "")))
 
 

@@ -124,6 +124,15 @@ def test_drop_names_the_family_and_cut_keeps_the_rest():
     rec, why = clean_record({"input": "q", "output": "As a large language model, I have no body! Still: 2 + 2 = 4.\nDone."},
                             cut, Boilerplate(cut))
     assert why is None and rec["output"] == "Still: 2 + 2 = 4.\nDone."
+    # a system prompt and the user's words are data: never searched
+    chat = {"messages": [{"role": "system", "content": "As an AI assistant, you answer briefly."},
+                         {"role": "user", "content": "I'm sorry, but I can't help with that. Can you?"},
+                         {"role": "assistant", "content": "Yes: here is how."}]}
+    rec, why = clean_record(chat, CleanConfig(), Boilerplate(CleanConfig()))
+    assert why is None and rec["messages"] == chat["messages"]
+    rec, why = clean_record({"messages": chat["messages"][:2] + [{"role": "assistant", "content": "As an AI, no."}]},
+                            CleanConfig(), Boilerplate(CleanConfig()))
+    assert (rec, why) == ("as_an_ai", "boilerplate")
     # the prompt is the user's words: never cut
     rec, _ = clean_record({"input": "I'm sorry, but I can't help with that, can you?", "output": "Sure."}, cut, Boilerplate(cut))
     assert rec["input"].startswith("I'm sorry")
