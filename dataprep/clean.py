@@ -1,21 +1,76 @@
 """Stage 2, clean: Unicode normalization, whitespace and control characters, length bounds, and the
-boilerplate of synthetic data ("As an AI language model...", "...trained by OpenAI...", refusals).
+boilerplate of synthetic data ("As an AI language model...", "...developed by OpenAI...", refusals).
 
-Each function takes a record and returns it cleaned, or a drop reason. The boilerplate list is
-`config.DEFAULT_BOILERPLATE` plus the user's `clean.boilerplate_extra`; a hit drops the row or cuts
-the sentence that holds the phrase, as configured.
+Boilerplate is found by pattern families (`BOILERPLATE_PATTERNS`), not a list of fixed phrases:
+real synthetic data words the same refusal many ways ("As a large language model, I can't...",
+"I'm really sorry, but I won't be able to help with that"). The patterns run on a normalized copy
+of the text (`normalize_for_match`: lowercase, apostrophes dropped, every other punctuation mark a
+space), so they need not spell out case, curly quotes or commas. Users add their own phrases
+(`clean.boilerplate_extra`, matched the same way) or regular expressions
+(`clean.boilerplate_patterns`). A hit drops the row or cuts the sentences that match, as
+configured, and the report counts each pattern's rows with examples.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 
-from .config import DEFAULT_BOILERPLATE, CleanConfig
+from .config import CleanConfig
 
 # Control characters except tab and newline, plus zero-width characters and the BOM.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
+
+# What an assistant calls itself, after "as a/an", "I am (just) a/an", "being a/an".
+_QUAL = r"(?:(?:large|advanced|helpful|friendly|conversational|digital|virtual|text based|responsible|ethical|" \
+        r"honest|artificial|generative|mere|simple)\s)*"
+_SELF = (r"(?:ai|a i|artificial intelligence|language model|llm|ai (?:language )?model|ai assistant|ai chatbot|"
+         r"chatbot|chat bot|virtual assistant|ai system|machine learning model|ai powered (?:assistant|chatbot))")
+# "as an AI researcher" or "as an AI company" is a person or a firm, not the assistant talking
+_NOT_SELF = r"(?!\s(?:researcher|engineer|enthusiast|scientist|expert|ethicist|company|startup|developer|" \
+            r"practitioner|student|professor|investor|lab|team|product|teacher|writer|journalist|consultant))"
+_CANT = r"(?:cannot|cant|can not|wont|will not|am unable to|m unable to|am not able to|am not going to|" \
+        r"must decline to|have to decline to|wont be able to|will not be able to|do not feel comfortable|dont feel comfortable)"
+_HELP = r"(?:help|assist|provide|fulfill|comply|create|generate|write|produce|give|offer|share|engage|support|" \
+        r"answer|respond|do that|do this|complete|participate|continu|discuss|role ?play|go along)\w*"
+_MAKERS = r"(?:openai|open ai|anthropic|google(?: deepmind)?|deepmind|meta(?: ai)?|microsoft|mistral(?: ai)?|" \
+          r"my (?:developers|creators|programmers|designers))"
+
+# name -> regular expression over normalize_for_match(text). The names show in report.md.
+BOILERPLATE_PATTERNS = {
+    "as_an_ai": rf"\bas an? {_QUAL}{_SELF}\b{_NOT_SELF}",
+    "i_am_an_ai": rf"\b(?:i am|im|being) (?:only |just |merely |simply |but |not a human but |not human i am )?"
+                  rf"an? {_QUAL}{_SELF}\b{_NOT_SELF}",
+    "sorry_i_cant": rf"\b(?:(?:i am|im) (?:very |really |so |truly |terribly )?sorry|sorry|i apologi[sz]e|"
+                    rf"unfortunately)(?: but| however)? (?:as \w+ \w+ )?i {_CANT} (?:\w+ )?{_HELP}",
+    "cannot_fulfill": rf"\bi {_CANT} (?:fulfill|comply with|assist with|help with|honou?r) "
+                      rf"(?:that|this|your|such an?|the) (?:\w+ )?(?:request|task|demand|query)",
+    "made_by": rf"\b(?:i was|i am|im|i have been|ive been) (?:\w+ ){{0,5}}?(?:developed|created|trained|built|made|"
+               rf"designed|programmed) by {_MAKERS}\b|\b(?:trained|developed|created) by openai\b",
+    "no_personal_opinions": r"\bi (?:do not|dont|dont really) (?:have|possess|hold|experience) (?:any )?(?:personal )"
+                            r"(?:opinions|feelings|beliefs|preferences|experiences|emotions|views|thoughts)"
+                            r"|\bi (?:do not|dont) have (?:feelings|emotions|consciousness|a physical (?:body|form))"
+                            r"(?: or (?:feelings|emotions|opinions|consciousness))? (?:like|as) (?:a )?humans?",
+    "knowledge_cutoff": r"\bmy (?:knowledge|training) (?:cut ?off|cutoff date)\b|\bas of my (?:last )?(?:training|"
+                        r"knowledge) (?:update|cut ?off|data)\b|\bi (?:do not|dont|cannot|cant) (?:browse|access) "
+                        r"the (?:internet|web)\b|\bi (?:do not|dont) have (?:access to )?(?:real time|current|"
+                        r"up to date) (?:information|data)\b",
+    "policy": r"\bopen ?ais? (?:guidelines|content polic(?:y|ies)|usage polic(?:y|ies)|use case polic(?:y|ies))\b"
+              r"|\b(?:goes|go|is|its|would be) against my (?:programming|guidelines|principles|ethical guidelines)"
+              r"|\b(?:harmful|offensive|inappropriate) (?:or|and) (?:harmful|offensive|inappropriate) content\b"
+              r"|\bit is not appropriate for me\b|\bits not appropriate for me\b"
+              r"|\bi am not (?:programmed|designed|allowed|permitted) to (?:provide|generate|produce|create|engage)",
+}
+
+_APOSTROPHES = re.compile(r"['\u2019\u2018\u02bc`\u00b4]")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalize_for_match(s: str) -> str:
+    """Lowercase, apostrophes dropped ("I’m" -> "im", "can't" -> "cant"), every other run of
+    punctuation and space a single space, padded with one space either side."""
+    return " " + _NON_WORD.sub(" ", _APOSTROPHES.sub("", s.lower())).strip() + " "
 
 
 def clean_text(s: str, cfg: CleanConfig) -> str:
@@ -28,28 +83,38 @@ def clean_text(s: str, cfg: CleanConfig) -> str:
     return s.strip()
 
 
+# A sentence: up to and including its end mark(s) and the space after, or a line.
+_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)[ \t]*")
+
+
 class Boilerplate:
     def __init__(self, cfg: CleanConfig):
-        phrases = (DEFAULT_BOILERPLATE if cfg.boilerplate_default else []) + cfg.boilerplate_extra
-        self.mode = cfg.boilerplate if phrases else "off"
-        alt = "|".join(re.escape(p.lower()) for p in sorted(set(phrases), key=len, reverse=True)) or "(?!)"
-        # searched in the lowercased text: an alternation under re.I is about 5x slower, and this
-        # search runs on every answer
-        self.find = re.compile(alt)
-        # the sentence around a phrase: back to the previous sentence end, on to the next one
-        self.sentence = re.compile(r"[^.!?\n]*(?:" + alt + r")[^.!?\n]*[.!?]*[ \t]*", re.I)
+        pats = dict(BOILERPLATE_PATTERNS) if cfg.boilerplate_default else {}
+        for i, phrase in enumerate(cfg.boilerplate_extra, 1):
+            words = normalize_for_match(phrase).split()
+            if words:
+                pats[f"extra phrase {i}: {phrase}"] = r"\b" + r"\s".join(map(re.escape, words)) + r"\b"
+        for i, pat in enumerate(cfg.boilerplate_patterns, 1):
+            pats[f"extra pattern {i}: {pat}"] = pat
+        self.mode = cfg.boilerplate if pats else "off"
+        self.names = list(pats)
+        # one alternation of named groups: one search a text, and m.lastgroup names the family
+        self.find = re.compile("|".join(f"(?P<p{i}>{p})" for i, p in enumerate(pats.values())) or "(?!)")
+
+    def search(self, s: str) -> str | None:
+        """The name of the first pattern found in s, or None."""
+        m = self.find.search(normalize_for_match(s))
+        return self.names[int(m.lastgroup[1:])] if m else None
 
     def apply(self, s: str) -> tuple[str, str | None]:
-        """(text, phrase found or None); in cut mode the text comes back without the sentence."""
+        """(text, pattern name or None); in cut mode the text comes back without the sentences that match."""
         if self.mode == "off":
             return s, None
-        m = self.find.search(s.lower())
-        if not m:
-            return s, None
-        if self.mode == "cut":
-            # keep the space before the cut sentence, drop the one after it
-            s = self.sentence.sub(lambda m: m.group()[:len(m.group()) - len(m.group().lstrip())], s).strip()
-        return s, m.group()
+        hit = self.search(s)
+        if hit is None or self.mode == "drop":
+            return s, hit
+        parts = [m.group() for m in _SENTENCE.finditer(s) if m.group()]
+        return "".join(p for p in parts if self.search(p) is None).strip(), hit
 
 
 def fields(rec: dict) -> list[str]:
@@ -61,8 +126,9 @@ def fields(rec: dict) -> list[str]:
     return [rec["input"], rec["output"]]
 
 
-def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | None, str | None]:
-    """(cleaned record, None) or (None, drop reason)."""
+def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | str | None, str | None]:
+    """(cleaned record, None) or (detail or None, drop reason); the detail of a boilerplate drop is
+    the pattern that matched."""
     if any(v is None for v in fields(rec)):
         return None, "null_value"
     hit = None
@@ -70,8 +136,12 @@ def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | N
     if "messages" in rec:
         msgs = []
         for t in rec["messages"]:
-            c, h = bp.apply(clean_text(t["content"], cfg))
-            hit = hit or h
+            c = clean_text(t["content"], cfg)
+            # only the assistant's answers carry synthetic boilerplate; a system prompt saying "As an AI
+            # assistant, you..." or the user's own words are data
+            if t["role"] == "assistant":
+                c, h = bp.apply(c)
+                hit = hit or h
             msgs.append({"role": t["role"], "content": c})
         out["messages"] = msgs
     else:
@@ -84,7 +154,7 @@ def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | N
                 out[k], h = bp.apply(clean_text(rec[k], cfg))
                 hit = hit or h
     if hit and bp.mode == "drop":
-        return None, "boilerplate"
+        return hit, "boilerplate"
     n = sum(len(x) for x in fields(out))
     if n < max(cfg.min_chars, 1):
         return None, "too_short"

@@ -9,30 +9,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Phrases of synthetic-data boilerplate (the guide's examples, after ehartford's optional_clean.py).
-DEFAULT_BOILERPLATE = [
-    "as an ai language model",
-    "as a language model",
-    "as an ai assistant",
-    "i am an ai language model",
-    "i'm an ai language model",
-    "trained by openai",
-    "developed by openai",
-    "created by openai",
-    "openai's guidelines",
-    "openai's content policy",
-    "harmful or offensive content",
-    "i'm sorry, but i cannot",
-    "i'm sorry, but i can't",
-    "i am sorry, but i cannot",
-    "i cannot fulfill that request",
-    "i cannot fulfill your request",
-    "i'm unable to provide",
-    "it is not appropriate for me",
-    "my knowledge cutoff",
-    "as of my last training update",
-    "against my programming",
-]
+# data.prompt_template: how an input/output pair's prompt is written when no chat template is used.
+PROMPT_TEMPLATES = {
+    "alpaca": "### Instruction:\n{input}\n\n### Response:\n",
+    "pygmalion": "<|user|>{input}<|model|>",
+    "none": "{input}",
+}
 
 
 class _Section(BaseModel):
@@ -74,8 +56,24 @@ class CleanConfig(_Section):
     max_chars: int = Field(1_000_000, gt=0, description="Drop examples longer than this.")
     boilerplate: Literal["drop", "cut", "off"] = Field(
         "drop", description="Synthetic-data boilerplate (As an AI language model...): drop the row, cut the sentence, or off.")
-    boilerplate_extra: list[str] = Field(default_factory=list, description="More phrases to treat as boilerplate (case-insensitive).")
-    boilerplate_default: bool = Field(True, description="Use the maintained default phrase list.")
+    boilerplate_extra: list[str] = Field(
+        default_factory=list, description="More phrases to treat as boilerplate (case, apostrophes and punctuation ignored).")
+    boilerplate_patterns: list[str] = Field(
+        default_factory=list, description="More regular expressions to treat as boilerplate, searched in the text lowercased, "
+                                          "apostrophes dropped, other punctuation as spaces (I'm sorry, -> im sorry).")
+    boilerplate_default: bool = Field(True, description="Use the maintained default pattern families (dataprep/clean.py).")
+
+    @field_validator("boilerplate_patterns")
+    @classmethod
+    def _patterns(cls, v):
+        import re
+
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"{p!r} is not a regular expression: {e}") from None
+        return v
 
 
 class DedupConfig(_Section):
@@ -104,6 +102,11 @@ class DataConfig(_Section):
     too_long: Literal["truncate", "drop"] = Field("truncate", description="An example longer than max_length: truncate or drop it.")
     chat_template: bool = Field(
         False, description="Render input/output pairs as a user/assistant chat with the tokenizer's chat template.")
+    prompt_template: str = Field(
+        "alpaca", description="Without chat_template: how a pair's prompt is written before its answer: alpaca "
+                              "(### Instruction: / ### Response:), pygmalion (Pygmalion-2's <|user|> / <|model|>), "
+                              "none (prompt and answer glued together), or your own text with {input} in it. "
+                              "The loss stays on the answer only.")
     text_key: str = Field("text", description="Key of the formatted text in train.jsonl / val.jsonl.")
     input_key: str = Field("input", description="Key of the formatted prompt in train.jsonl / val.jsonl.")
     output_key: str = Field("output", description="Key of the formatted answer in train.jsonl / val.jsonl.")
@@ -113,6 +116,13 @@ class DataConfig(_Section):
     chunk_size: int = Field(2000, gt=0, description="Examples tokenized per batch (memory grows with this, not the input).")
     workers: int = Field(0, ge=0, description="Processes that clean and sign examples for dedup; 0: one per core "
                                               "for inputs over 16 MB, else none.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _prompt_template(cls, v):
+        if v not in PROMPT_TEMPLATES and "{input}" not in v:
+            raise ValueError(f"must be one of {', '.join(PROMPT_TEMPLATES)}, or a text with {{input}} in it")
+        return v
 
     @field_validator("split")
     @classmethod

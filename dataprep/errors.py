@@ -23,6 +23,10 @@ class Rejects:
         self.path = path
         self.skip_bad = skip_bad
         self.counts: Counter = Counter()  # (stage, reason) -> rows
+        # Input units (lines of line-based files, CSV records, SQL and Parquet rows, whole files), counted
+        # by the readers as they read them, before anything is decided: the report checks that
+        # every one of them ended up kept or rejected.
+        self.units = 0
         self._f = open(path, "w", encoding="utf-8")
 
     def drop(self, stage: str, reason: str, where: str, row=None, detail: str | None = None) -> None:
@@ -33,6 +37,13 @@ class Rejects:
         if row is not None:
             rec["row"] = _preview(row)
         self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    def unit(self, n: int = 1) -> None:
+        self.units += n
+
+    def skip(self, where: str, reason: str, raw=None) -> None:
+        """An input unit that holds no data (an empty line, a CSV header): not an error, but accounted."""
+        self.drop("ingest", reason, where, raw)
 
     def bad(self, where: str, problem: str, raw=None) -> None:
         """Bad input: an error, or with --skip-bad a quarantined, counted reject."""

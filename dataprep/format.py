@@ -3,17 +3,21 @@
 `data.format: text` writes {"text"}; `input_output` writes {"input", "output"} (the key names are
 configurable). Chat turns, and input/output pairs when `data.chat_template` is on, are rendered
 with the tokenizer's own chat template: the prompt is every turn up to the last assistant turn plus
-the generation prompt, the answer is that last assistant turn.
+the generation prompt, the answer is that last assistant turn. Without a chat template, a pair's
+prompt is written with `data.prompt_template` (Alpaca's "### Instruction: / ### Response:" by
+default), so a base model learns where the prompt ends; the answer stays as it is, and the
+tokenizer puts the loss on it alone.
 """
 from __future__ import annotations
 
-from .config import DataConfig
+from .config import PROMPT_TEMPLATES, DataConfig
 
 
 class Formatter:
     def __init__(self, cfg: DataConfig, tokenizer):
         self.cfg = cfg
         self.tok = tokenizer
+        self.prompt = PROMPT_TEMPLATES.get(cfg.prompt_template, cfg.prompt_template)
 
     def _template(self, turns: list[dict], generation_prompt: bool) -> str:
         if not getattr(self.tok, "chat_template", None):
@@ -34,7 +38,8 @@ class Formatter:
             return "", rec["text"]
         if self.cfg.chat_template:
             return self._template([{"role": "user", "content": rec["input"]}], True), rec["output"]
-        return rec["input"], rec["output"]
+        # replace, not str.format: a user's template may hold other braces (JSON, code)
+        return self.prompt.replace("{input}", rec["input"]), rec["output"]
 
     def __call__(self, rec: dict) -> dict | str:
         c = self.cfg

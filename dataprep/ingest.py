@@ -4,6 +4,14 @@ A record is a dict with `text`, or `input` and `output`, or `messages` (a list o
 turns), plus `_where`: the file and line (or table and row) it came from, so that anything dropped
 later can be traced back. Readers stream: nothing holds a whole file in memory.
 
+Accounting: each reader counts the input units it reads (`rejects.unit`) as it reads them: every
+physical line of a JSONL file or of a text file read by line, every CSV record (the header and
+blank lines included), every SQL, Parquet or dataset row, every HTML page (or its paragraphs) and
+every text file read whole. Each unit then becomes exactly one record or one entry in
+rejects.jsonl (empty lines too, as `empty_line`), so the report can check that none went missing.
+In `unit: paragraph` text files the unit is the paragraph, and the blank lines between paragraphs
+are separators, not units.
+
 Bad input (a malformed JSON line, a missing column, undecodable bytes, an empty file, HTML with no
 text, a truncated SQL dump) goes through `rejects.bad`, which raises a one-line DataError or, with
 --skip-bad, quarantines the row into rejects.jsonl.
@@ -69,15 +77,17 @@ def read_source(src: Source, base_dir: Path, rejects: Rejects) -> Iterator[dict]
         return
     for path, fmt in source_files(src, base_dir):
         if fmt != "hf_dataset" and path.stat().st_size == 0:
+            rejects.unit()
             rejects.bad(f"{path}:1", "empty file")
             continue
         reader = {"jsonl": _jsonl, "csv": _csv, "tsv": _csv, "html": _html, "text": _text, "sql": _sql,
                   "parquet": _parquet, "hf_dataset": _hf_dataset}[fmt]
-        n, before = 0, rejects.total()
+        n, bad_before = 0, rejects.counts[("ingest", "bad_input")]
         for rec in reader(path, src, rejects, fmt):
             n += 1
             yield rec
-        if n == 0 and rejects.total() == before:  # only a header, blank lines, an empty table ...
+        if n == 0 and rejects.counts[("ingest", "bad_input")] == bad_before:  # only a header, blank lines ...
+            rejects.unit()  # the file itself, which gave nothing
             rejects.bad(f"{path}:1", "no rows in file")
 
 
@@ -87,9 +97,13 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
     """Pick the text / input+output / messages out of a row by the source's key mapping."""
     def get(key):
         if key not in row:
-            rejects.bad(where, f"no field {key!r} (fields: {', '.join(map(str, row)) or 'none'})", row)
+            if not failed:  # one reject per row, however many fields it lacks
+                rejects.bad(where, f"no field {key!r} (fields: {', '.join(map(str, row)) or 'none'})", row)
+            failed.append(key)
             return KeyError
         return row[key]
+
+    failed: list = []
 
     rec: dict = {"_where": where}
     if src.messages or (not (src.text or src.input or src.output) and any(k in row for k in AUTO_CHAT)):
@@ -149,13 +163,18 @@ def _turns(turns) -> list[dict] | str:
 
 # -- readers ------------------------------------------------------------------------------------
 
-def _lines(path: Path, encoding: str, rejects: Rejects) -> Iterator[tuple[int, str]]:
-    """Decode line by line, so an undecodable byte is reported with its line."""
+def _lines(path: Path, encoding: str, rejects: Rejects, units: bool = True) -> Iterator[tuple[int, str]]:
+    """Decode line by line, so an undecodable byte is reported with its line. units: each physical
+    line is an input unit (else the caller counts its own units; an undecodable line always is one)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
+            if units:
+                rejects.unit()
             try:
                 yield n, raw.decode(encoding)
             except UnicodeDecodeError as e:
+                if not units:
+                    rejects.unit()
                 rejects.bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as {encoding} "
                                            "(set encoding: in the source)", raw)
 
@@ -164,9 +183,10 @@ def _jsonl(path, src, rejects, fmt):
     for n, line in _lines(path, src.encoding, rejects):
         if n == 1:
             line = line.lstrip("\ufeff")
-        if not line.strip():
-            continue
         where = f"{path}:{n}"
+        if not line.strip():
+            rejects.skip(where, "empty_line", line)
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -182,7 +202,7 @@ def _jsonl(path, src, rejects, fmt):
 
 def _csv(path, src, rejects, fmt):
     delim = src.delimiter or ("\t" if fmt == "tsv" else ",")
-    lines = _lines(path, src.encoding, rejects)
+    lines = _lines(path, src.encoding, rejects, units=False)
     line_no = [0]
 
     def feed():  # csv wants an iterable of lines; remember where each record starts
@@ -197,10 +217,13 @@ def _csv(path, src, rejects, fmt):
         for fields in reader:
             where = f"{path}:{start}"
             start = line_no[0] + 1
+            rejects.unit()
             if not fields or (len(fields) == 1 and not fields[0].strip()):
+                rejects.skip(where, "empty_line", delim.join(fields))
                 continue
             if src.header and header is None:
                 header = fields
+                rejects.skip(where, "csv_header", delim.join(fields))
                 continue
             names = header or [str(i) for i in range(len(fields))]
             if header and len(fields) != len(header):
@@ -210,44 +233,87 @@ def _csv(path, src, rejects, fmt):
             if rec is not None:
                 yield rec
     except csv.Error as e:
+        rejects.unit()  # the record that would not parse; the lines after it are not read
         rejects.bad(f"{path}:{start}", f"malformed CSV: {e}")
 
 
-_BLOCKS = ["p", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre", "blockquote", "dd", "dt", "figcaption", "td", "th",
-           "tr", "div", "section", "article", "main", "table", "ul", "ol", "dl", "br", "hr", "title"]
-_DROP_TAGS = ["script", "style", "noscript", "nav", "header", "footer", "aside", "form", "iframe", "svg", "template",
-              "button", "select", "input", "head", "menu", "dialog", "canvas", "object"]
-_DROP_HINT = re.compile(r"cookie|consent|gdpr|banner|navbar|\bnav\b|menu|breadcrumb|sidebar|footer|header|advert|\bads?\b|"
-                        r"popup|modal|subscribe|newsletter|share|social|skip-link", re.I)
-_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
+# HTML: the main content of a page as a reader sees it. trafilatura finds it (bench/prep_html.py
+# compared it with readability-lxml + inscriptis/markdownify and with the hand-written bs4 rules this
+# replaced, on documentation, blog, forum, table and legal pages: it kept the least navigation and
+# lost the least text). Around it, three things it does not do well on its own:
+#   - <pre> blocks: it joins their lines (and drops their blank lines) inside lists and definition
+#     lists, so each one is swapped for a placeholder before and put back verbatim, fenced, after;
+#   - footnotes in <aside role="doc-footnote"> (Sphinx, docutils): it drops every <aside>, so those
+#     become <div>s;
+#   - marks inside the content that are chrome: permalink marks (the "¶" of Sphinx headings) and a
+#     few classes by whole name (never a substring: a legal section id="cookie-policy" is content).
+# On a page with too little text for its heuristics it falls back to keeping most text, so elements
+# that are chrome by their tag or ARIA role (nav, forms, dialogs, page header/footer) go first.
+_CHROME_TAGS = {"script", "style", "noscript", "nav", "form", "button", "select", "input", "iframe", "svg",
+                "template", "dialog", "menu", "canvas", "object"}
+_CHROME_ROLES = {"navigation", "banner", "contentinfo", "search", "dialog", "alertdialog", "menu", "menubar"}
+_CHROME_CLASSES = {"headerlink", "mw-editsection", "signature", "pagination", "cookie-banner", "cookie-consent",
+                   "cookie-notice", "cookiebanner", "consent-banner", "cookie-consent-banner", "cc-window", "skip-link",
+                   "share-buttons", "breadcrumbs", "breadcrumb"}
+_PERMALINK = {"¶", "§", "#", "🔗", "link"}
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
+_SUPSUB = re.compile(r"</?(?:sup|sub)>")
 
 
 def html_text(markup: str) -> list[str]:
-    """Readable paragraphs of an HTML page: no scripts, styles, navigation or cookie banners."""
-    from bs4 import BeautifulSoup
+    """The readable blocks of an HTML page (paragraphs, headings as "# ...", list items as "- ...",
+    table rows as "| a | b |", code blocks fenced with ``` and verbatim), without navigation,
+    headers, footers, banners or permalink marks."""
+    import secrets
+    import textwrap
 
-    soup = BeautifulSoup(markup, "lxml")
-    for tag in soup.find_all(_DROP_TAGS):
-        tag.decompose()
-    for tag in soup.find_all(True):
-        if tag.decomposed or tag.attrs is None:
+    import lxml.html
+    import trafilatura
+    from lxml import etree
+
+    try:
+        tree = lxml.html.fromstring(markup)
+    except (etree.ParserError, ValueError):
+        return []
+    code: dict[str, str] = {}
+    for el in list(tree.iter()):
+        if not isinstance(el.tag, str) or el.getparent() is None:
             continue
-        hint = " ".join([tag.get("id") or "", " ".join(tag.get("class") or []), tag.get("role") or "",
-                         tag.get("aria-label") or ""])
-        if tag.get("aria-hidden") == "true" or tag.get("hidden") is not None or (hint.strip() and _DROP_HINT.search(hint)):
-            if tag.name not in ("html", "body", "main", "article"):
-                tag.decompose()
-    root = soup.find("article") or soup.find("main") or soup.body or soup
-    for tag in root.find_all(_BLOCKS):
-        tag.insert_before("\n\n")
-        tag.insert_after("\n\n")
-    text = root.get_text()
-    paras = []
-    for block in re.split(r"\n\s*\n", text):
-        line = _SPACES.sub(" ", block.replace("\n", " ")).strip()
-        if line:
-            paras.append(line)
-    return paras
+        tag, role = el.tag.lower(), (el.get("role") or "").lower()
+        names = set((el.get("class") or "").split()) | {el.get("id") or ""}
+        outer = not any(a.tag in ("article", "main") for a in el.iterancestors())
+        if (tag in _CHROME_TAGS or role in _CHROME_ROLES or names & _CHROME_CLASSES or el.get("hidden") is not None
+                or el.get("aria-hidden") == "true" or (tag in ("header", "footer") and outer)
+                or (tag == "a" and el.text_content().strip() in _PERMALINK and (el.get("href") or "").startswith("#"))):
+            el.drop_tree()
+        elif tag == "aside" and ("footnote" in role or any("footnote" in n for n in names)):
+            el.tag = "div"
+        elif tag == "pre":
+            key = f"dataprepcode{secrets.token_hex(8)}"
+            code[key] = textwrap.dedent(el.text_content().expandtabs(8) if "\t" in el.text_content()
+                                        else el.text_content()).strip("\n")
+            p = etree.Element("p")
+            p.text, p.tail = key, el.tail
+            el.getparent().replace(el, p)
+    text = trafilatura.extract(tree, include_tables=True, include_comments=False, include_formatting=True,
+                               include_links=False, include_images=False, deduplicate=False,
+                               output_format="markdown") or ""
+    text = _SUPSUB.sub("", _ESCAPED.sub(r"\1", text))
+    blocks: list[str] = []
+    for piece in re.split(r"[ \t]*(dataprepcode[0-9a-f]{16})[ \t]*", text):
+        if piece in code:
+            if code[piece].strip():
+                blocks.append("```\n" + code[piece] + "\n```")
+            continue
+        for block in re.split(r"\n\s*\n", piece):
+            lines = [_SPACES.sub(" ", line).strip() for line in block.splitlines()]
+            block = "\n".join(line for line in lines if line)
+            if block and block != "-":
+                blocks.append(block)
+    return blocks
+
+
+_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
 def _html(path, src, rejects, fmt):
@@ -256,16 +322,20 @@ def _html(path, src, rejects, fmt):
         markup = raw.decode(src.encoding)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
+        rejects.unit()
         rejects.bad(f"{path}:{line}", f"cannot decode byte {raw[e.start]:#04x} as {src.encoding} (set encoding: in the source)")
         return
     paras = html_text(markup)
     if not paras:
+        rejects.unit()
         rejects.bad(f"{path}:1", "HTML page has no readable text")
         return
     if src.unit == "file":
+        rejects.unit()
         yield {"text": "\n\n".join(paras), "_where": f"{path}:1"}
     else:
         for i, p in enumerate(paras, 1):
+            rejects.unit()
             yield {"text": p, "_where": f"{path} (paragraph {i})"}
 
 
@@ -274,13 +344,16 @@ def _text(path, src, rejects, fmt):
         for n, line in _lines(path, src.encoding, rejects):
             if line.strip():
                 yield {"text": line.rstrip("\r\n"), "_where": f"{path}:{n}"}
+            else:
+                rejects.skip(f"{path}:{n}", "empty_line", line)
         return
     para: list[str] = []
     start = 1
     any_text = False
-    for n, line in _lines(path, src.encoding, rejects):
+    for n, line in _lines(path, src.encoding, rejects, units=False):
         if src.unit == "paragraph" and not line.strip():
             if para:
+                rejects.unit()
                 yield {"text": "".join(para).strip("\n"), "_where": f"{path}:{start}"}
                 any_text = True
             para, start = [], n + 1
@@ -289,14 +362,21 @@ def _text(path, src, rejects, fmt):
             start = n
         para.append(line)
     if para and "".join(para).strip():
+        rejects.unit()
         yield {"text": "".join(para).strip("\n") if src.unit == "paragraph" else "".join(para), "_where": f"{path}:{start}"}
         any_text = True
     if not any_text:
+        rejects.unit()
         rejects.bad(f"{path}:1", "file has no text")
 
 
 def _sql(path, src, rejects, fmt):
-    for where, row in read_sql_dump(path, src.table, src.encoding, rejects.bad):
+    def bad(*args):  # a row or statement that would not parse, or a file-level problem: one unit each
+        rejects.unit()
+        rejects.bad(*args)
+
+    for where, row in read_sql_dump(path, src.table, src.encoding, bad):
+        rejects.unit()
         rec = _map_row(row, src, where, rejects)
         if rec is not None:
             yield rec
@@ -308,12 +388,14 @@ def _parquet(path, src, rejects, fmt):
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
+        rejects.unit()
         rejects.bad(f"{path}:1", f"not a readable Parquet file: {str(e).splitlines()[0]}")
         return
     n = 0
     for batch in pf.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             n += 1
+            rejects.unit()
             rec = _map_row(row, src, f"{path} (row {n})", rejects)
             if rec is not None:
                 yield rec
@@ -325,11 +407,13 @@ def _hf_dataset(path, src, rejects, fmt):
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:
+        rejects.unit()
         rejects.bad(f"{path}:1", f"not a dataset saved with datasets.save_to_disk: {str(e).splitlines()[0]}")
         return
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
     for n, row in enumerate(ds, 1):
+        rejects.unit()
         rec = _map_row(row, src, f"{path} (row {n})", rejects)
         if rec is not None:
             yield rec
@@ -346,6 +430,7 @@ def _read_url(src, rejects):
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True).execute(sqlalchemy.text(src.query))
             for n, row in enumerate(result.mappings(), 1):
+                rejects.unit()
                 rec = _map_row(dict(row), src, f"{label} (query row {n})", rejects)
                 if rec is not None:
                     yield rec

@@ -30,7 +30,7 @@ from .ingest import read_source, source_files
 from .report import write_report
 from .tokenize import Packer
 
-VERSION = "dataprep-2"  # bump when the output of the same inputs changes
+VERSION = "dataprep-3"  # bump when the output of the same inputs changes
 STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 
@@ -81,7 +81,7 @@ def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokeniz
     base_dir = Path(base_dir)
     if not cfg.sources:
         raise DataError("data.sources: no sources in the job file (add at least one path)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tok = tokenizer or load_tokenizer(spec)
 
     key = fingerprint(cfg, tok, base_dir, skip_bad)
@@ -92,17 +92,60 @@ def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokeniz
             report["cached"] = True
             print(f"dataprep: {out_dir} is up to date (same data, tokenizer and settings); nothing to do")
             return report
-    cache_file.unlink(missing_ok=True)
+    _check_replaceable(out_dir)
 
-    rejects = Rejects(out_dir / "rejects.jsonl", skip_bad)
-    counts = {s: {"in": 0, "kept": 0} for s in STAGES}
+    # Atomic output: the run writes into a scratch folder beside out_dir and takes its place only
+    # when it succeeds, so a failed run leaves the previous complete output (or none), never a mix.
+    work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
-        report = _run(cfg, tok, out_dir, base_dir, rejects, counts)
-    finally:
-        rejects.close()
-    if key:
-        cache_file.write_text(json.dumps({"key": key}))
+        rejects = Rejects(work / "rejects.jsonl", skip_bad)
+        counts = {s: {"in": 0, "kept": 0} for s in STAGES}
+        try:
+            report = _run(cfg, tok, work, base_dir, rejects, counts)
+        finally:
+            rejects.close()
+        if key:
+            (work / "cache.json").write_text(json.dumps({"key": key}))
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, DataError):
+            left = (f"{out_dir} still holds the previous complete output" if (out_dir / "report.json").exists()
+                    else f"nothing written to {out_dir}")
+            raise DataError(f"{e}; {left}") from None
+        raise
+    _replace_dir(work, out_dir)
     return report
+
+
+# What a data-prep output folder may hold; anything else there is the user's, and is never replaced.
+_OURS = {"train.jsonl", "val.jsonl", "train", "val", "report.json", "report.md", "rejects.jsonl", "cache.json",
+         "token_lengths.png", "cluster_sizes.png", "cluster_map.png", ".dedup.sqlite", "train.tmp", "val.tmp",
+         ".train.fmt.jsonl", ".train.where", ".val.fmt.jsonl", ".val.where"}
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder; choose another --out")
+    other = sorted(p.name for p in out_dir.iterdir() if p.name not in _OURS)
+    if other:
+        raise DataError(f"{out_dir}: holds files that are not a data-prep output ({', '.join(other[:3])}"
+                        f"{' ...' if len(other) > 3 else ''}), which a run would replace; choose an empty or new folder")
+
+
+def _replace_dir(new: Path, out_dir: Path) -> None:
+    """Put `new` in place of out_dir: two renames on the same file system, the old one deleted after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+    os.rename(new, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _run(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict) -> dict:
@@ -128,23 +171,33 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
     def deduped():
         workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
         with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
-            for raw, rec, why, key, bands in _cleaned(raws(), cfg, workers):
-                bar.update(1)
-                counts["ingest"]["kept"] += 1
-                counts["clean"]["in"] += 1
-                if why:
-                    rejects.drop("clean", why, raw["_where"], _public(raw))
-                    continue
-                counts["clean"]["kept"] += 1
-                counts["dedup"]["in"] += 1
-                why = dedup.check(rec, key, bands)
-                if why:
-                    rejects.drop("dedup", why, rec["_where"], _public(rec))
-                    continue
-                counts["dedup"]["kept"] += 1
-                rec["_key"] = key
-                yield rec
+            for batch in _cleaned(raws(), cfg, workers):
+                bar.update(len(batch))
+                # one round of index lookups and inserts for the whole batch, decided in input order
+                decisions = iter(dedup.check_batch([(rec, key, bands, sh) for _, rec, why, key, bands, sh in batch
+                                                    if not why]))
+                for raw, rec, why, key, bands, sh in batch:
+                    counts["ingest"]["kept"] += 1
+                    counts["clean"]["in"] += 1
+                    if why:
+                        rejects.drop("clean", why, raw["_where"], _public(raw), detail=rec)
+                        if why == "boilerplate":  # rec: the pattern family that matched
+                            st = boilerplate.setdefault(rec, {"rows": 0, "examples": []})
+                            st["rows"] += 1
+                            if len(st["examples"]) < 3:
+                                st["examples"].append({"where": raw["_where"], "text": _answer(raw)[:300]})
+                        continue
+                    counts["clean"]["kept"] += 1
+                    counts["dedup"]["in"] += 1
+                    why = next(decisions)
+                    if why:
+                        rejects.drop("dedup", why, rec["_where"], _public(rec))
+                        continue
+                    counts["dedup"]["kept"] += 1
+                    rec["_key"] = key
+                    yield rec
 
+    boilerplate: dict = {}  # pattern -> rows it removed, a few examples
     stream = deduped()
     cluster_report = None
     if cfg.cluster.enabled:
@@ -216,13 +269,14 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
             tok_stats[s] = st
             os.unlink(tmp[s][0])
             os.unlink(tmp[s][1])
-    counts["ingest"]["in"] = counts["ingest"]["kept"] + rejects.counts.get(("ingest", "bad_input"), 0)
+    counts["ingest"]["in"] = rejects.units  # counted by the readers, not derived from the outcomes
     if tok_stats["val"]["examples"] == 0:
         raise DataError("every validation example was dropped at tokenization (longer than data.max_length); "
                         "raise max_length or use too_long: truncate")
     for (stage, reason), n in rejects.counts.items():
         counts[stage].setdefault("dropped", {})[reason] = n
-    return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report)
+    return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report,
+                        dict(sorted(boilerplate.items(), key=lambda kv: -kv[1]["rows"])))
 
 
 PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves
@@ -251,22 +305,23 @@ def _init_worker(cfg: DataConfig) -> None:
 
 
 def _clean_batch(batch: list[dict]) -> list[tuple]:
-    """(raw, cleaned record or None, drop reason or None, content key, band keys) for each raw record."""
+    """(raw, cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for
+    each raw record; a dropped one's second item is the drop's detail (the boilerplate pattern)."""
     cfg, bp, sign = _worker["cfg"], _worker["bp"], _worker["sign"]
     out = []
     for raw in batch:
         rec, why = clean_record(raw, cfg.clean, bp)
         if why:
-            out.append((raw, None, why, None, None))
+            out.append((raw, rec, why, None, None, None))
         else:
-            out.append((raw, rec, None, content_key(rec), sign(rec) if sign else None))
+            out.append((raw, rec, None, content_key(rec), *(sign(rec) if sign else (None, None))))
     return out
 
 
 def _cleaned(raws, cfg: DataConfig, workers: int):
-    """`_clean_batch` over the raw records, in order; with several workers, at most two batches per
-    worker in flight, so memory follows the batch size and not the input (Pool.imap would read the
-    whole input ahead)."""
+    """`_clean_batch` over the raw records, a batch at a time, in order; with several workers, at
+    most two batches per worker in flight, so memory follows the batch size and not the input
+    (Pool.imap would read the whole input ahead)."""
     def batches():
         batch = []
         for raw in raws:
@@ -280,7 +335,7 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     if workers <= 1:
         _init_worker(cfg)
         for batch in batches():
-            yield from _clean_batch(batch)
+            yield _clean_batch(batch)
         return
     import multiprocessing
     from collections import deque
@@ -292,9 +347,9 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
         for batch in batches():
             pending.append(pool.apply_async(_clean_batch, (batch,)))
             if len(pending) >= 2 * workers:
-                yield from pending.popleft().get()
+                yield pending.popleft().get()
         while pending:
-            yield from pending.popleft().get()
+            yield pending.popleft().get()
 
 
 def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> None:
@@ -305,6 +360,12 @@ def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> No
             for i, line in enumerate(fin):
                 (fv if i == index else fout).write(line)
         shutil.move(tmp, a)
+
+
+def _answer(rec: dict) -> str:
+    if "messages" in rec:
+        return " / ".join(str(t["content"]) for t in rec["messages"] if t["role"] == "assistant")
+    return str(rec.get("output", rec.get("text", "")))
 
 
 def _public(rec: dict) -> dict:

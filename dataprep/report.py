@@ -1,7 +1,9 @@
 """The run's summary: report.json (machine-readable), report.md (for people) and token_lengths.png.
 
 Both reports carry the accounting: for every stage, rows in, kept, and dropped per reason, and the
-identity `rows read = examples kept + rows rejected`, which must hold for every run.
+identity `rows read = examples kept + rows rejected`, which must hold for every run. "Rows read"
+is what the readers counted as they read (every line of a JSONL file, every CSV record ...; see
+ingest.py), not a sum of outcomes, so a unit that went missing shows as DOES NOT RECONCILE.
 """
 from __future__ import annotations
 
@@ -15,16 +17,18 @@ from .errors import Rejects
 
 
 def write_report(out_dir: Path, cfg: DataConfig, counts: dict, rejects: Rejects, tok_stats: dict,
-                 dedup: dict, cluster: dict | None) -> dict:
+                 dedup: dict, cluster: dict | None, boilerplate: dict | None = None) -> dict:
     lengths = np.concatenate([np.frombuffer(tok_stats[s].pop("lengths"), dtype=np.uint32) for s in ("train", "val")])
     total_in = counts["ingest"]["in"]
     kept = tok_stats["train"]["examples"] + tok_stats["val"]["examples"]
     rejected = rejects.total()
+    # each stage on its own too: what came in was kept or dropped for a counted reason
+    stages_ok = all(c["in"] == c["kept"] + sum(c.get("dropped", {}).values()) for c in counts.values())
     report = {
         "cached": False,
         "stages": counts,
         "totals": {"rows_in": total_in, "examples_kept": kept, "rows_rejected": rejected,
-                   "reconciles": total_in == kept + rejected},
+                   "reconciles": total_in == kept + rejected and stages_ok},
         "splits": {s: {k: v for k, v in tok_stats[s].items()} for s in ("train", "val")},
         "tokens": {"max_length": cfg.max_length, "packing": cfg.packing,
                    "mean": float(lengths.mean()) if len(lengths) else 0.0,
@@ -32,6 +36,7 @@ def write_report(out_dir: Path, cfg: DataConfig, counts: dict, rejects: Rejects,
                    "p95": int(np.percentile(lengths, 95)) if len(lengths) else 0,
                    "max": int(lengths.max()) if len(lengths) else 0},
         "dedup": dedup,
+        "boilerplate": boilerplate or {},
         "cluster": cluster,
         "summary": (f"{total_in} rows read = {kept} kept + {rejected} rejected; train {tok_stats['train']['sequences']} "
                     f"sequences, val {tok_stats['val']['sequences']}"),
@@ -80,8 +85,25 @@ def _markdown(r: dict) -> str:
                 f"(max_length {tk['max_length']}, packing {'on' if tk['packing'] else 'off'}).", "",
             "![token lengths](token_lengths.png)", "", "## Duplicates", "",
             f"{r['dedup']['groups']} groups of duplicates (first occurrence kept)."]
+    ds = r["dedup"].get("settings", {})
+    if ds.get("near"):
+        out += ["", f"Near-duplicates: exact Jaccard similarity of word 3-grams >= {ds['threshold']} "
+                    f"(`data.dedup.threshold`), among the candidates of a MinHash LSH index of {ds['num_perm']} "
+                    f"permutations in {ds['bands']} bands of {ds['rows_per_band']} rows: a pair exactly at the "
+                    f"threshold is a candidate with probability {ds['candidate_probability_at_threshold']:.2%}. "
+                    f"{ds['candidate_pairs_checked']} candidate pairs checked, "
+                    f"{ds['near_duplicates_confirmed']} confirmed."]
     for g in r["dedup"]["largest"][:10]:
         out.append(f"- kept `{g['kept']}`, dropped {g['size'] - 1}: " + ", ".join(f"`{w}`" for w in g["dropped"][:5]))
+    if r.get("boilerplate"):
+        out += ["", "## Boilerplate removed", "", "| pattern | rows | examples |", "|---|---:|---|"]
+        for name, st in r["boilerplate"].items():
+            ex = "<br>".join(f"`{e['where']}`: " + e["text"].replace("\n", " ").replace("|", "\\|")[:120]
+                             for e in st["examples"])
+            out.append(f"| {name.replace('|', chr(92) + '|')} | {st['rows']} | {ex} |")
+        out.append("")
+        out.append("Patterns: `dataprep/clean.py` (BOILERPLATE_PATTERNS); add your own with "
+                   "`data.clean.boilerplate_extra` (phrases) or `boilerplate_patterns` (regular expressions).")
     if r.get("cluster"):
         c = r["cluster"]
         out += ["", "## Clusters", "", f"k-means with k={c['k']} on {c.get('embedding')} embeddings"

