@@ -59,7 +59,7 @@ def fingerprint(cfg: DataConfig, tok, base_dir: Path, skip_bad: bool) -> str | N
     for src in cfg.sources:
         if src.url:
             return None  # a live database can change under us: never cached
-        for path, fmt in source_files(src, base_dir):
+        for path, _fmt in source_files(src, base_dir):
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for p in files:
                 h.update(str(p).encode())
@@ -176,7 +176,7 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
                 # one round of index lookups and inserts for the whole batch, decided in input order
                 decisions = iter(dedup.check_batch([(rec, key, bands, sh) for _, rec, why, key, bands, sh in batch
                                                     if not why]))
-                for raw, rec, why, key, bands, sh in batch:
+                for raw, rec, why, key, _bands, _sh in batch:
                     counts["ingest"]["kept"] += 1
                     counts["clean"]["in"] += 1
                     if why:

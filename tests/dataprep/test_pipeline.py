@@ -213,7 +213,7 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path):
     # without --skip-bad the same data fails, and the output of the run before stays whole
     report = (tmp_path / "out" / "report.json").read_bytes()
     r = CliRunner().invoke(main, args + ["--set", "data.split=[0.5,0.5]", "--set", "data.prompt_template=pygmalion"])
-    assert r.exit_code == 2 and f"still holds the previous complete output" in r.output
+    assert r.exit_code == 2 and "still holds the previous complete output" in r.output
     assert (tmp_path / "out" / "report.json").read_bytes() == report
     r = CliRunner().invoke(main, args + ["--set", "data.max_length=-1"])
     assert r.exit_code == 2 and "data.max_length" in r.output and r.exception is None or isinstance(r.exception, SystemExit)
