@@ -47,7 +47,7 @@ def _before():
         raise SystemExit(f"cannot read dataprep/dedup.py at {BEFORE} from git: {src.stderr.strip()}")
     path = Path(tempfile.gettempdir()) / f"dataprep_dedup_{BEFORE}.py"
     path.write_text(src.stdout.replace("from .clean import", "from dataprep.clean import")
-                    .replace("from .config import", "from dataprep.config import"))
+                    .replace("from .config import", "from launcher.dataspec import"))
     spec = importlib.util.spec_from_file_location("dedup_before", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -136,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
     global WALL
     WALL = args.wall
-    from dataprep.config import DedupConfig
+    from launcher.dataspec import DedupConfig
     from dataprep.dedup import Signer
 
     old = _before()

@@ -65,7 +65,7 @@ def _before():
     if src.returncode:
         return None
     path = Path("/tmp") / f"dataprep_ingest_{BEFORE}.py"
-    path.write_text(src.stdout.replace("from .config import", "from dataprep.config import")
+    path.write_text(src.stdout.replace("from .config import", "from launcher.dataspec import")
                     .replace("from .errors import", "from dataprep.errors import")
                     .replace("from .sqldump import", "from dataprep.sqldump import"))
     spec = importlib.util.spec_from_file_location("ingest_before", path)

@@ -106,7 +106,7 @@ def main() -> None:
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from dataprep.config import DataConfig
+    from launcher.dataspec import DataConfig
     from dataprep.errors import Rejects
     from dataprep.tokenize import Packer
     from launcher.models import resolve_model

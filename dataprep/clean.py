@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .config import CleanConfig
+from launcher.dataspec import CleanConfig
 
 # Control characters except tab and newline, plus zero-width characters and the BOM.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")

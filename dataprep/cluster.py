@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .clean import fields
-from .config import ClusterConfig
+from launcher.dataspec import ClusterConfig
 
 
 def minilm_dir() -> Path:

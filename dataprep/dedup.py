@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .clean import fields
-from .config import DedupConfig
+from launcher.dataspec import DedupConfig
 
 _WORD = re.compile(r"\w+", re.U)
 RECALL = 0.995  # wanted candidate probability of a pair exactly at the threshold

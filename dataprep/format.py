@@ -10,7 +10,7 @@ tokenizer puts the loss on it alone.
 """
 from __future__ import annotations
 
-from .config import PROMPT_TEMPLATES, DataConfig
+from launcher.dataspec import PROMPT_TEMPLATES, DataConfig
 
 
 class Formatter:

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .config import Source
+from launcher.dataspec import Source
 from .errors import DataError, Rejects
 from .sqldump import read_sql_dump
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .clean import Boilerplate, clean_record
-from .config import DataConfig
+from launcher.dataspec import DataConfig
 from .dedup import Deduper, Signer, content_key
 from .errors import DataError, Rejects
 from .format import Formatter

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig
+from launcher.dataspec import DataConfig
 from .errors import Rejects
 
 

@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from dataprep.config import DataConfig
+from launcher.dataspec import DataConfig, Section
 from launcher.errors import LauncherError
 
 class SpecError(LauncherError):
     """A job file that cannot be used; str() is one line per problem, ready to print."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class LoraConfig(_Section):
+class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA alpha (scaling is alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
@@ -37,7 +33,7 @@ class LoraConfig(_Section):
     merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The flags of the guide's example run, under today's Trainer names."""
 
     per_device_train_batch_size: int = Field(8, gt=0, description="Sequences per device per step.")
@@ -87,7 +83,7 @@ class TrainConfig(_Section):
         return v
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(Section):
     # Checked against the provider registry by whoever loads the spec with `clouds=` (the CLI):
     # the spec is the ground floor and does not know the providers.
     cloud: str = Field(
@@ -125,7 +121,7 @@ class ResourcesConfig(_Section):
         return self.accelerators.split(":")[0] if self.accelerators else None
 
 
-class ImageConfig(_Section):
+class ImageConfig(Section):
     registry: str | None = Field(
         None, description="Where images are pushed: docker.io/USER, ghcr.io/USER, an ECR or Artifact Registry repository.")
     name: str = Field("llm-launcher", description="Image name.")
@@ -135,7 +131,7 @@ class ImageConfig(_Section):
         None, description="Folder or URL of wheels to build from offline (no PyPI); default: PyPI.")
 
 
-class OutputsConfig(_Section):
+class OutputsConfig(Section):
     dir: str = Field("runs/{name}", description="Local folder for data, logs and checkpoints ({name} = job name).")
     bucket: str | None = Field(None, description="s3://... or gs://... where cloud jobs upload checkpoints.")
 
@@ -155,7 +151,7 @@ class OutputsConfig(_Section):
         return v
 
 
-class JobSpec(_Section):
+class JobSpec(Section):
     name: str = Field("my-finetune", description="Job name: lowercase letters, digits and dashes.")
     model: str = Field(
         "HuggingFaceTB/SmolLM2-135M-Instruct",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dataprep.clean import Boilerplate, clean_record
-from dataprep.config import CleanConfig
+from launcher.dataspec import CleanConfig
 
 REFUSALS = [  # (text, family)
     ("As a large language model, I cannot browse the internet.", "as_an_ai"),

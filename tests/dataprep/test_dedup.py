@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from dataprep.config import DedupConfig
+from launcher.dataspec import DedupConfig
 from dataprep.dedup import BAND_CAP, Deduper, content_key, jaccard, lsh_params, shingle_array
 
 WORDS = "river stone light cloud apple garden music paper window green quiet orange table winter".split()

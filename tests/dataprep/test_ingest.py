@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dataprep.config import Source
+from launcher.dataspec import Source
 from dataprep.errors import DataError, Rejects
 from dataprep.ingest import html_text, read_source
 from dataprep.sqldump import read_sql_dump

@@ -14,7 +14,7 @@ import pytest
 from tokenizers import processors
 from transformers import AutoTokenizer
 
-from dataprep.config import DataConfig
+from launcher.dataspec import DataConfig
 from dataprep.tokenize import Packer
 from trainers.tpu import data as tpu_data
 

@@ -1,7 +1,9 @@
-"""The `data:` section of a job file: where raw data comes from and how it becomes training data.
+"""The `data:` section of the job spec: where raw data comes from and how it becomes training data.
 
-Plain pydantic models with only pydantic as a dependency, so the launcher, the images and the
-trainers can all read a job file without importing the pipeline itself.
+Part of the ground floor with `launcher/spec.py`: plain pydantic models with only pydantic as a
+dependency, so that `dataprep` depends on the spec and not the reverse, and the launcher, the images
+and the trainers all read a job file without importing the pipeline. `Section` is the base of every
+section of the spec.
 """
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ PROMPT_TEMPLATES = {
 }
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Source(_Section):
+class Source(Section):
     path: str | None = Field(None, description="A file, a glob (data/*.jsonl) or a folder, relative to the job file.")
     format: Literal["auto", "jsonl", "csv", "tsv", "html", "text", "sql", "parquet", "hf_dataset"] = Field(
         "auto", description="Input format; auto guesses from each file's extension (skipping unknown ones in a "
@@ -50,7 +52,7 @@ class Source(_Section):
         return self
 
 
-class CleanConfig(_Section):
+class CleanConfig(Section):
     normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalization form.")
     min_chars: int = Field(1, ge=0, description="Drop examples shorter than this (characters, all fields together).")
     max_chars: int = Field(1_000_000, gt=0, description="Drop examples longer than this.")
@@ -76,14 +78,14 @@ class CleanConfig(_Section):
         return v
 
 
-class DedupConfig(_Section):
+class DedupConfig(Section):
     exact: bool = Field(True, description="Drop exact duplicates (after normalization), keeping the first.")
     near: bool = Field(True, description="Drop near-duplicates (MinHash LSH), keeping the first.")
     threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two examples are near-duplicates.")
     num_perm: int = Field(64, gt=0, description="MinHash permutations (more = more exact, slower).")
 
 
-class ClusterConfig(_Section):
+class ClusterConfig(Section):
     enabled: bool = Field(False, description="Cluster examples for a diversity report.")
     embedding: Literal["minilm", "tfidf"] = Field("tfidf", description="minilm (the MiniLM sentence model) or tfidf (no model).")
     k: int = Field(8, gt=0, description="Number of clusters (k-means).")
@@ -91,7 +93,7 @@ class ClusterConfig(_Section):
     examples: int = Field(3, ge=0, description="Examples shown per cluster in the report.")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     sources: list[Source] = Field(default_factory=list, description="Raw data to prepare, in order.")
     format: Literal["text", "input_output"] = Field(
         "input_output", description="Training format: plain `text`, or `input`/`output` pairs with the loss on the output only.")
