@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .clean import fields
 from launcher.dataspec import ClusterConfig
+
+from .clean import fields
 
 
 def minilm_dir() -> Path:

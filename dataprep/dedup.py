@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .clean import fields
 from launcher.dataspec import DedupConfig
+
+from .clean import fields
 
 _WORD = re.compile(r"\w+", re.U)
 RECALL = 0.995  # wanted candidate probability of a pair exactly at the threshold

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from launcher.dataspec import Source
+
 from .errors import DataError, Rejects
 from .sqldump import read_sql_dump
 

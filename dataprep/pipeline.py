@@ -18,11 +18,13 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
-from .clean import Boilerplate, clean_record
 from launcher.dataspec import DataConfig
+
+from .clean import Boilerplate, clean_record
 from .dedup import Deduper, Signer, content_key
 from .errors import DataError, Rejects
 from .format import Formatter
@@ -158,61 +160,85 @@ def _run(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, 
 
 def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Rejects, counts: dict,
             dedup: Deduper) -> dict:
-    fmt = Formatter(cfg, tok)
-    val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
+    """The pipeline, a stage a function: each takes the stream of the one before and counts what
+    it keeps; every row it drops goes to `rejects` with its reason."""
+    boilerplate: dict = {}  # pattern family -> rows it removed, a few examples
+    stream = _deduped(cfg, base_dir, rejects, counts, dedup, boilerplate)  # 1-3: ingest, clean, dedup
+    stream, cluster_report = _clustered(stream, cfg, out_dir, rejects, counts)  # 4: cluster for diversity
+    tmp, n_split = _format_and_split(stream, cfg, tok, out_dir, rejects, counts)  # 5-6: format, split
+    tok_stats = _tokenize(tmp, n_split, cfg, tok, out_dir, rejects, counts)  # 7: tokenize and pack
+    counts["ingest"]["in"] = rejects.units  # counted by the readers, not derived from the outcomes
+    for (stage, reason), n in rejects.counts.items():
+        counts[stage].setdefault("dropped", {})[reason] = n
+    return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report,
+                        dict(sorted(boilerplate.items(), key=lambda kv: -kv[1]["rows"])))
 
-    # Stages 1-3 stream; stage 4 (clustering) needs every example at once. Cleaning and the dedup
-    # signatures need no order and run in worker processes; the dedup decisions are taken here, in
-    # input order, so the first occurrence is the one kept.
+
+def _deduped(cfg: DataConfig, base_dir: Path, rejects: Rejects, counts: dict, dedup: Deduper,
+             boilerplate: dict) -> Iterator[dict]:
+    """Stages 1-3, streaming. Cleaning and the dedup signatures need no order and run in worker
+    processes; the dedup decisions are taken here, in input order, so the first occurrence is kept."""
     def raws():
         for src in cfg.sources:
             yield from read_source(src, base_dir, rejects)
 
-    def deduped():
-        workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
-        with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
-            for batch in _cleaned(raws(), cfg, workers):
-                bar.update(len(batch))
-                # one round of index lookups and inserts for the whole batch, decided in input order
-                decisions = iter(dedup.check_batch([(rec, key, bands, sh) for _, rec, why, key, bands, sh in batch
-                                                    if not why]))
-                for raw, rec, why, key, _bands, _sh in batch:
-                    counts["ingest"]["kept"] += 1
-                    counts["clean"]["in"] += 1
-                    if why:
-                        rejects.drop("clean", why, raw["_where"], _public(raw), detail=rec)
-                        if why == "boilerplate":  # rec: the pattern family that matched
-                            st = boilerplate.setdefault(rec, {"rows": 0, "examples": []})
-                            st["rows"] += 1
-                            if len(st["examples"]) < 3:
-                                st["examples"].append({"where": raw["_where"], "text": _answer(raw)[:300]})
-                        continue
-                    counts["clean"]["kept"] += 1
-                    counts["dedup"]["in"] += 1
-                    why = next(decisions)
-                    if why:
-                        rejects.drop("dedup", why, rec["_where"], _public(rec))
-                        continue
-                    counts["dedup"]["kept"] += 1
-                    rec["_key"] = key
-                    yield rec
+    workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
+    with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
+        for batch in _cleaned(raws(), cfg, workers):
+            bar.update(len(batch))
+            # one round of index lookups and inserts for the whole batch, decided in input order
+            decisions = iter(dedup.check_batch([(rec, key, bands, sh) for _, rec, why, key, bands, sh in batch
+                                                if not why]))
+            for raw, rec, why, key, _bands, _sh in batch:
+                counts["ingest"]["kept"] += 1
+                counts["clean"]["in"] += 1
+                if why:
+                    rejects.drop("clean", why, raw["_where"], _public(raw), detail=rec)
+                    if why == "boilerplate":  # rec: the pattern family that matched
+                        st = boilerplate.setdefault(rec, {"rows": 0, "examples": []})
+                        st["rows"] += 1
+                        if len(st["examples"]) < 3:
+                            st["examples"].append({"where": raw["_where"], "text": _answer(raw)[:300]})
+                    continue
+                counts["clean"]["kept"] += 1
+                counts["dedup"]["in"] += 1
+                why = next(decisions)
+                if why:
+                    rejects.drop("dedup", why, rec["_where"], _public(rec))
+                    continue
+                counts["dedup"]["kept"] += 1
+                rec["_key"] = key
+                yield rec
 
-    boilerplate: dict = {}  # pattern -> rows it removed, a few examples
-    stream = deduped()
-    cluster_report = None
-    if cfg.cluster.enabled:
-        from .cluster import cluster
 
-        kept = list(stream)
-        counts["cluster"]["in"] = len(kept)
-        kept, dropped, cluster_report = cluster(kept, cfg.cluster, cfg.seed, out_dir) if kept else (kept, [], None)
-        for rec in dropped:
-            rejects.drop("cluster", "cluster_over_share", rec["_where"], _public(rec),
-                         detail=f"cluster {rec['_cluster']} above max_share {cfg.cluster.max_share}")
-        counts["cluster"]["kept"] = len(kept)
-        stream = iter(kept)
+def _clustered(stream: Iterator[dict], cfg: DataConfig, out_dir: Path, rejects: Rejects,
+               counts: dict) -> tuple[Iterator[dict], dict | None]:
+    """Stage 4: the one stage that needs every example at once; a pass-through when it is off."""
+    if not cfg.cluster.enabled:
+        def passed():
+            for rec in stream:
+                counts["cluster"]["in"] += 1
+                counts["cluster"]["kept"] += 1
+                yield rec
+        return passed(), None
+    from .cluster import cluster
 
-    # Stages 5-6: format and split, written to temporary JSONL files with a sidecar of source locations.
+    kept = list(stream)
+    counts["cluster"]["in"] = len(kept)
+    kept, dropped, cluster_report = cluster(kept, cfg.cluster, cfg.seed, out_dir) if kept else (kept, [], None)
+    for rec in dropped:
+        rejects.drop("cluster", "cluster_over_share", rec["_where"], _public(rec),
+                     detail=f"cluster {rec['_cluster']} above max_share {cfg.cluster.max_share}")
+    counts["cluster"]["kept"] = len(kept)
+    return iter(kept), cluster_report
+
+
+def _format_and_split(stream: Iterator[dict], cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
+                      counts: dict) -> tuple[dict, Counter]:
+    """Stages 5-6: format each example and split by content, into temporary JSONL files with a
+    sidecar of source locations. Neither side is left empty while there are two examples."""
+    fmt = Formatter(cfg, tok)
+    val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
     tmp = {s: (out_dir / f".{s}.fmt.jsonl", out_dir / f".{s}.where") for s in ("train", "val")}
     files = {s: (open(a, "w", encoding="utf-8"), open(b, "w", encoding="utf-8")) for s, (a, b) in tmp.items()}
     n_split = Counter()
@@ -221,9 +247,6 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
     rescue = {"train": None, "val": None}
     try:
         for rec in stream:
-            if not cfg.cluster.enabled:
-                counts["cluster"]["in"] += 1
-                counts["cluster"]["kept"] += 1
             counts["format"]["in"] += 1
             row = fmt(rec)
             if isinstance(row, str):
@@ -257,11 +280,15 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
             _move_line(tmp[full], tmp[empty], rescue[full][1])
             n_split[empty], n_split[full] = 1, n_split[full] - 1
     counts["split"]["kept"] = total
+    return tmp, n_split
 
-    # Stage 7: tokenize and pack each split.
+
+def _tokenize(tmp: dict, n_split: Counter, cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
+              counts: dict) -> dict:
+    """Stage 7: tokenize and pack each split into its JSONL and Arrow outputs."""
     packer = Packer(tok, cfg)
     tok_stats = {}
-    with tqdm(total=total, desc="tokenize+pack", unit=" ex", mininterval=1) as bar:
+    with tqdm(total=n_split["train"] + n_split["val"], desc="tokenize+pack", unit=" ex", mininterval=1) as bar:
         for s in ("train", "val"):
             counts["tokenize"]["in"] += n_split[s]
             st = packer.run(tmp[s][0], tmp[s][1], out_dir / f"{s}.jsonl", out_dir / s, rejects, s, bar)
@@ -269,14 +296,10 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
             tok_stats[s] = st
             os.unlink(tmp[s][0])
             os.unlink(tmp[s][1])
-    counts["ingest"]["in"] = rejects.units  # counted by the readers, not derived from the outcomes
     if tok_stats["val"]["examples"] == 0:
         raise DataError("every validation example was dropped at tokenization (longer than data.max_length); "
                         "raise max_length or use too_long: truncate")
-    for (stage, reason), n in rejects.counts.items():
-        counts[stage].setdefault("dropped", {})[reason] = n
-    return write_report(out_dir, cfg, counts, rejects, tok_stats, dedup.report(), cluster_report,
-                        dict(sorted(boilerplate.items(), key=lambda kv: -kv[1]["rows"])))
+    return tok_stats
 
 
 PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from launcher.dataspec import DataConfig
+
 from .errors import Rejects
 
 

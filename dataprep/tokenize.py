@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from launcher.dataspec import DataConfig
+
 from .errors import DataError, Rejects
 
 SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())),
