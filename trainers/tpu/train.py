@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED
@@ -195,97 +196,124 @@ def run_easylm(cmd: list[str], env: dict, log_history: list) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainers.tpu.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("job", type=Path)
-    ap.add_argument("--data", type=Path, required=True, help="the prepared data folder (train.jsonl, val.jsonl)")
-    ap.add_argument("--out", type=Path, required=True, help="the run folder")
-    ap.add_argument("--tpu-type", default=os.environ.get("LAUNCHER_TPU_TYPE"),
-                    help="v3-8, v4-8, v3-32 ... (default: from resources.accelerators); cpu-N runs on N CPU devices")
-    args = ap.parse_args(argv)
+    args = _parse_args(argv)
 
     def stopped(signum, _frame):
         # Before and after EasyLM runs nothing is lost by stopping: conversions write atomically.
         raise SystemExit(EXIT_STOPPED)
 
     signal.signal(signal.SIGTERM, stopped)
-    from launcher.manifest import is_complete
-    from launcher.models import ModelError, resolve_model
-    from launcher.spec import SpecError, load_spec
+    from launcher.models import ModelError
+    from launcher.spec import SpecError
     from launcher.tpu_plan import PlanError
 
     try:
-        spec = load_spec(args.job)
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if spec.method != "full":
-        print(f"error: {args.job}: method: {spec.method} is not available on TPU (EasyLM trains full models only)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    tpu_type = args.tpu_type or (spec.resources.accelerators or "").lower().removeprefix("tpu-").split(":")[0]
-    out = args.out.resolve()
-    work = out / "tpu"
-    rank = int(os.environ.get("SKYPILOT_NODE_RANK", "0"))
-
-    try:
-        hf_dir = model_dir(spec.model, work)
-        if not (hf_dir / "config.json").is_file():
-            raise ModelError(f"model {spec.model}: no config.json in {hf_dir} (the TPU trainer needs a HF folder, "
-                             "a hub id, a .gguf file or a package: model)")
-        from trainers.tpu.convert import read_config
-
-        model_config = read_config(hf_dir)
-        # BUCKET/JOB is the job's folder, as for the GPU trainer: `launcher sync` reads final/ there.
-        easylm_out = easylm_output_dir(spec, str(work))
-        # Refuse a job that cannot run before spending minutes on tokens and weights.
-        render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
-               train_tokens=1)
-        for line in memory_plan(spec, tpu_type, model_config).lines():
-            _say(line)
-        if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
-            # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
-            _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
-            return 0
-        tok_src = Path(resolve_model(spec.tokenizer)) if spec.tokenizer else hf_dir
-        if not tok_src.is_dir():
-            raise ModelError(f"tokenizer {spec.tokenizer}: not a local folder (the TPU trainer needs the files on disk)")
-        tokenizer_dir = tpu_data.easylm_tokenizer(tok_src, work / "tokenizer")
-        counts = prepare_data(spec, args.data.resolve(), work, tokenizer_dir)
-        run_plan = plan(spec, tpu_type, counts["train_tokens"], memory_plan(spec, tpu_type, model_config).setup)
-        params = convert_base(hf_dir, work)
-        env = dict(os.environ)
-        cmd = command(spec, tpu_type, str(work), python=env.get("EASYLM_PYTHON") or sys.executable,
-                      model_config=model_config, params_path=str(params), train_tokens=counts["train_tokens"],
-                      val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+        run = _prepare(args)
     except (SpecError, ModelError, ModelConfigError, FlagError, PlanError, tpu_data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if run is None:
+        return 0
+    code = _run(run)
+    if code != 0 or int(os.environ.get("SKYPILOT_NODE_RANK", "0")) != 0:
+        return code
+    return finish(run.spec, run.hf_dir, run.out, f"{run.easylm_out.rstrip('/')}/{run.spec.name}", run.plan, run.work)
 
-    _say(f"{tpu_type}: {run_plan['devices']} devices on {run_plan['hosts']} host(s), global batch "
-         f"{run_plan['batch_size']} x {run_plan['seq_length']} tokens x {run_plan['accumulate']} accumulation, "
-         f"{counts['train_tokens']} training tokens -> {run_plan['updates']} updates ({run_plan['total_steps']} EasyLM steps)")
-    flags = cmd[4:]
-    (work / "flags.txt").write_text("\n".join(flags) + "\n")
 
-    easylm_dir = env.get("EASYLM_DIR")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), easylm_dir, env.get("PYTHONPATH")) if p)
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m trainers.tpu.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("job", type=Path)
+    ap.add_argument("--data", type=Path, required=True, help="the prepared data folder (train.jsonl, val.jsonl)")
+    ap.add_argument("--out", type=Path, required=True, help="the run folder")
+    ap.add_argument("--tpu-type", default=os.environ.get("LAUNCHER_TPU_TYPE"),
+                    help="v3-8, v4-8, v3-32 ... (default: from resources.accelerators); cpu-N runs on N CPU devices")
+    return ap.parse_args(argv)
+
+
+@dataclass
+class _Prepared:
+    """Everything EasyLM needs, made before it starts: the model in HF form, tokens, params, flags."""
+    spec: object
+    tpu_type: str
+    out: Path
+    work: Path
+    hf_dir: Path
+    easylm_out: str
+    plan: dict
+    counts: dict
+    cmd: list[str]
+
+
+def _prepare(args) -> _Prepared | None:
+    """Check the job, get the model, tokenize the data, convert the weights; None when the run's
+    final model is complete already. Raises the input errors `main` turns into exit 2."""
+    from launcher.manifest import is_complete
+    from launcher.models import ModelError, resolve_model
+    from launcher.spec import SpecError, load_spec
+    from trainers.tpu.convert import read_config
+
+    spec = load_spec(args.job)
+    if spec.method != "full":
+        raise SpecError(f"{args.job}: method: {spec.method} is not available on TPU (EasyLM trains full models only)")
+    tpu_type = args.tpu_type or (spec.resources.accelerators or "").lower().removeprefix("tpu-").split(":")[0]
+    out = args.out.resolve()
+    work = out / "tpu"
+    hf_dir = model_dir(spec.model, work)
+    if not (hf_dir / "config.json").is_file():
+        raise ModelError(f"model {spec.model}: no config.json in {hf_dir} (the TPU trainer needs a HF folder, "
+                         "a hub id, a .gguf file or a package: model)")
+    model_config = read_config(hf_dir)
+    # BUCKET/JOB is the job's folder, as for the GPU trainer: `launcher sync` reads final/ there.
+    easylm_out = easylm_output_dir(spec, str(work))
+    # Refuse a job that cannot run before spending minutes on tokens and weights.
+    render(spec, tpu_type, "-", easylm_out, model_config=model_config, tokenizer_dir="-", params_path="-",
+           train_tokens=1)
+    memory = memory_plan(spec, tpu_type, model_config)
+    for line in memory.lines():
+        _say(line)
+    if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
+        # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
+        _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
+        return None
+    tok_src = Path(resolve_model(spec.tokenizer)) if spec.tokenizer else hf_dir
+    if not tok_src.is_dir():
+        raise ModelError(f"tokenizer {spec.tokenizer}: not a local folder (the TPU trainer needs the files on disk)")
+    tokenizer_dir = tpu_data.easylm_tokenizer(tok_src, work / "tokenizer")
+    counts = prepare_data(spec, args.data.resolve(), work, tokenizer_dir)
+    run_plan = plan(spec, tpu_type, counts["train_tokens"], memory.setup)
+    params = convert_base(hf_dir, work)
+    cmd = command(spec, tpu_type, str(work), python=os.environ.get("EASYLM_PYTHON") or sys.executable,
+                  model_config=model_config, params_path=str(params), train_tokens=counts["train_tokens"],
+                  val_tokens=counts["val_tokens"], prefix_ids=counts["prefix_ids"])
+    return _Prepared(spec, tpu_type, out, work, hf_dir, easylm_out, run_plan, counts, cmd)
+
+
+def _run(run: _Prepared) -> int:
+    """EasyLM itself, with our run-time fixes (easylm_main), on the prepared flags."""
+    p, counts = run.plan, run.counts
+    _say(f"{run.tpu_type}: {p['devices']} devices on {p['hosts']} host(s), global batch "
+         f"{p['batch_size']} x {p['seq_length']} tokens x {p['accumulate']} accumulation, "
+         f"{counts['train_tokens']} training tokens -> {p['updates']} updates ({p['total_steps']} EasyLM steps)")
+    flags = run.cmd[4:]
+    (run.work / "flags.txt").write_text("\n".join(flags) + "\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("EASYLM_DIR"), env.get("PYTHONPATH")) if x)
     env["PYTHONUNBUFFERED"] = "1"  # EasyLM prints its metrics as they come, so we (and tests) see them live
     env.setdefault("WANDB_RESUME", "allow")  # the W&B run id is the job name: a resumed run continues it
-    if tpu_type.startswith("cpu"):
+    if run.tpu_type.startswith("cpu"):
         env["JAX_PLATFORMS"] = "cpu"
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={run_plan['devices']}".strip()
-    _say("running EasyLM: " + " ".join(cmd[:3]) + f" ... ({len(flags)} flags in {work / 'flags.txt'})")
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={p['devices']}".strip()
+    _say("running EasyLM: " + " ".join(run.cmd[:3]) + f" ... ({len(flags)} flags in {run.work / 'flags.txt'})")
     log_history: list[dict] = []
-    code = run_easylm(cmd, env, log_history)
-    _append_history(work / "log_history.jsonl", log_history)
+    code = run_easylm(run.cmd, env, log_history)
+    _append_history(run.work / "log_history.jsonl", log_history)
     if code == EXIT_STOPPED:
         _say("stopped after saving the train state; run the same command again to resume")
         return EXIT_STOPPED
     if code != 0:
         print(f"error: EasyLM exited with code {code} (its output is above)", file=sys.stderr)
         return EXIT_FAILED
-    if rank != 0:
-        return 0
-    return finish(spec, hf_dir, out, f"{easylm_out.rstrip('/')}/{spec.name}", run_plan, work)
+    return 0
 
 
 def _append_history(path: Path, entries: list[dict]) -> None:
