@@ -354,10 +354,12 @@ Cost table columns (accelerators that fit, and the one asked for, marked *; chea
 def estimate(job_file, gpus, tpu, cloud, mfu, offline, sets):
     from launcher import estimate as est
 
-    spec = load_job(job_file, sets=sets, gpus=gpus, tpu=tpu,
-                    cloud=cloud if cloud not in (None, "local", "slurm") else None)
-    clouds = [cloud] if cloud in est.SKY_CLOUDS else None
+    priced = est.priced_clouds()
+    spec = load_job(job_file, sets=sets, gpus=gpus, tpu=tpu, cloud=cloud if cloud in priced else None)
+    clouds = [cloud] if cloud in priced else None
     click.echo("\n".join(est.estimate(spec, Path(job_file), online=not offline, mfu=mfu, clouds=clouds).lines))
+
+
 def _still_running(backend, spec, job, no_watch: bool) -> None:
     """Ctrl-C while following a job stops the following, not the job: say so, and keep its
     checkpoints from going with the machine at autodown."""

@@ -466,7 +466,14 @@ def training_tokens(spec, base: Path, u: Setup) -> Tokens:
 
 # -- prices from SkyPilot's catalog ---------------------------------------------------------------
 
-SKY_CLOUDS = {"lambda": "lambda", "runpod": "runpod", "aws": "aws", "gcp": "gcp"}
+def priced_clouds() -> dict[str, object]:
+    """name -> backend of every registered provider whose machines are priced in SkyPilot's
+    catalog (the rented ones: not local, not a Slurm cluster of one's own)."""
+    from launcher.backends import all_backends
+
+    return {b.name: b for b in all_backends() if b.rents_machines and getattr(b, "infra", None)}
+
+
 _FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "cloud" / "fixtures" / "catalogs"
 
 
@@ -474,7 +481,7 @@ def catalog_dir() -> tuple[Path | None, str]:
     """SkyPilot's downloaded catalogs (where its optimizer reads them), else the excerpts that ship
     with the tests (offline, a handful of rows per cloud)."""
     sky = Path(os.environ.get("SKY_RUNTIME_DIR", "~")).expanduser() / ".sky" / "catalogs" / "v8"
-    if any((sky / c / "vms.csv").is_file() for c in SKY_CLOUDS):
+    if any((sky / b.infra / "vms.csv").is_file() for b in priced_clouds().values()):
         return sky, "SkyPilot catalog"
     if _FIXTURES.is_dir():
         return _FIXTURES, "offline catalog excerpt"
@@ -498,8 +505,10 @@ def offers(clouds=None) -> list[Offer]:
     if root is None:
         return []
     best: dict[tuple, Offer] = {}
-    for cloud in clouds or SKY_CLOUDS:
-        f = root / cloud / "vms.csv"
+    backends = priced_clouds()
+    for cloud in clouds or backends:
+        backend = backends[cloud]
+        f = root / backend.infra / "vms.csv"
         if not f.is_file():
             continue
         with f.open(newline="") as fh:
@@ -507,8 +516,8 @@ def offers(clouds=None) -> list[Offer]:
                 acc = row.get("AcceleratorName") or ""
                 if not acc:
                     continue
-                if cloud == "gcp" and not acc.startswith("tpu-"):
-                    continue  # GPUs on GCP come attached to host VMs; this project uses GCP for TPUs only
+                if "gpu" in backend.cannot and not acc.startswith("tpu-"):
+                    continue  # GCP here is for TPUs only: its GPU rows are not for us
                 n = int(float(row.get("AcceleratorCount") or 1))
                 price, spot = _num(row.get("Price")), _num(row.get("SpotPrice"))
                 key = (cloud, acc, n)
@@ -816,7 +825,7 @@ def check_fits(spec, job_file: Path) -> Estimate | None:
     """For `launcher submit` on a cloud: raise EstimateError when the job cannot fit its
     accelerator, naming the numbers and the cheapest accelerator that fits."""
     r = spec.resources
-    if r.cloud not in SKY_CLOUDS or not r.accelerators:
+    if r.cloud not in priced_clouds() or not r.accelerators:
         return None
     est = estimate(spec, job_file, table=True)
     if est.fits is False:
