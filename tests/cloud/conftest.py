@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from common import quickstart_copy
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 
 _RUNTIME = Path(tempfile.mkdtemp(prefix="launcher-sky-runtime-"))
 shutil.copytree(HERE / "fixtures" / "catalogs", _RUNTIME / ".sky" / "catalogs" / "v8",
@@ -36,9 +37,4 @@ for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "GOOGLE
 @pytest.fixture
 def quickstart_job(tmp_path) -> Path:
     """A copy of the quickstart (job file and its data), a few training steps long."""
-    src = REPO / "examples" / "quickstart"
-    dst = tmp_path / "quickstart"
-    shutil.copytree(src / "data", dst / "data")
-    text = (src / "job.yaml").read_text()
-    (dst / "job.yaml").write_text(text)
-    return dst / "job.yaml"
+    return quickstart_copy(tmp_path / "quickstart")

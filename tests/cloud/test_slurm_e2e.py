@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,11 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher.manifest import verify
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO, quickstart_copy
 BASE = Path(os.environ.get("LAUNCHER_SLURM_BASE", "/tmp/local-slurm"))
 NODE_ENV = Path(os.environ.get("LAUNCHER_NODE_ENV", REPO / ".venv"))
 SECRET = "slurm-s3cr3t-never-written-777"
@@ -81,21 +79,16 @@ def launcher(env, *args, timeout=900, check=True) -> subprocess.CompletedProcess
 
 def _job_file(tmp: Path, name: str, steps: int, idle_minutes: int, *, cloud: str = "slurm", save_steps: int = 2,
               lora_r: int | None = None) -> Path:
-    src = REPO / "examples" / "quickstart"
     dst = tmp / name
-    shutil.copytree(src / "data", dst / "data")
-    spec = yaml.safe_load((src / "job.yaml").read_text())
-    spec["name"] = name
-    spec["train"].update(max_steps=steps, save_steps=save_steps, eval_steps=2, logging_steps=1, sample_prompts=0)
-    if lora_r:
-        spec["lora"]["r"] = lora_r
-    spec["resources"] = {"cloud": cloud, "idle_minutes": idle_minutes}
-    spec["secrets"] = ["WANDB_API_KEY"]
-    spec["env"] = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-                   "PYTHONPATH": str(REPO)}  # the node (this machine) runs this checkout's code, whatever env it uses
-    spec["outputs"] = {"dir": str(tmp / f"{name}-out")}
-    (dst / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    quickstart_copy(dst, name=name,
+                    train=dict(max_steps=steps, save_steps=save_steps, eval_steps=2, logging_steps=1, sample_prompts=0),
+                    lora={"r": lora_r} if lora_r else {},
+                    resources={"cloud": cloud, "idle_minutes": idle_minutes}, secrets=["WANDB_API_KEY"],
+                    env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                         "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+                         # the node (this machine) runs this checkout's code, whatever env it uses
+                         "PYTHONPATH": str(REPO)},
+                    outputs={"dir": str(tmp / f"{name}-out")})
     return dst / "job.yaml"
 
 

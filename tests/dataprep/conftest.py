@@ -10,13 +10,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="session")
-def tok(smollm2_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
 @pytest.fixture
 def job():
     """job(sources, **data) -> a validated JobSpec with those sources and data fields."""

@@ -13,7 +13,7 @@ from dataprep.errors import DataError
 from dataprep.pipeline import prepare
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 
 
 def write_jsonl(path, rows):
@@ -30,7 +30,7 @@ def rejects(out):
 
 
 @pytest.mark.parametrize("workers", [0, 2])  # 0: in this process (a small input); 2: worker processes
-def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok, workers):
+def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tokenizer, workers):
     rows = qa(40)
     rows.insert(5, dict(rows[2]))  # exact duplicate
     rows.insert(9, {"prompt": rows[3]["prompt"].upper(), "generation": "  " + rows[3]["generation"] + " "})  # normalizes equal
@@ -45,8 +45,8 @@ def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok, w
                split=[0.8, 0.2], workers=workers)
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"b\.jsonl:2: malformed JSON"):
-        prepare(spec, out, tmp_path, tokenizer=tok)
-    report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tok)
+        prepare(spec, out, tmp_path, tokenizer=tokenizer)
+    report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tokenizer)
     t = report["totals"]
     assert t["reconciles"] and t["rows_in"] == len(rows) + 2 + 6 == t["examples_kept"] + t["rows_rejected"]
     rej = rejects(out)
@@ -66,22 +66,22 @@ def test_accounting_reconciles_and_every_drop_has_a_reason(tmp_path, job, tok, w
     assert (out / "token_lengths.png").stat().st_size > 1000
 
 
-def test_boilerplate_cut_mode_and_user_phrases(tmp_path, job, tok):
+def test_boilerplate_cut_mode_and_user_phrases(tmp_path, job, tokenizer):
     write_jsonl(tmp_path / "a.jsonl", [
         {"prompt": "p1", "generation": "As an AI language model, I have no feelings. But here is the answer: 42."},
         {"prompt": "p2", "generation": "Sure thing. Brought to you by ACME corp. Done."},
         {"prompt": "p3", "generation": "clean answer"}])
     out = tmp_path / "out"
-    prepare(job([{"path": "a.jsonl"}], clean={"boilerplate": "cut", "boilerplate_extra": ["ACME corp"]}), out, tmp_path, tokenizer=tok)
+    prepare(job([{"path": "a.jsonl"}], clean={"boilerplate": "cut", "boilerplate_extra": ["ACME corp"]}), out, tmp_path, tokenizer=tokenizer)
     outs = sorted(json.loads(x)["output"] for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines())
     assert outs == ["But here is the answer: 42.", "Sure thing. Done.", "clean answer"]
 
 
-def test_labels_mask_the_prompt_and_packing_keeps_examples_whole(tmp_path, job, tok):
+def test_labels_mask_the_prompt_and_packing_keeps_examples_whole(tmp_path, job, tokenizer):
     rows = qa(30)
     write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "out"
-    prepare(job([{"path": "a.jsonl"}], max_length=64, split=[0.9, 0.1]), out, tmp_path, tokenizer=tok)
+    prepare(job([{"path": "a.jsonl"}], max_length=64, split=[0.9, 0.1]), out, tmp_path, tokenizer=tokenizer)
     # the default prompt template: Alpaca's, so the model sees where the prompt ends
     pairs = {f"### Instruction:\n{r['prompt']}\n\n### Response:\n": r["generation"] for r in rows}
     seen, multi = 0, 0
@@ -98,31 +98,31 @@ def test_labels_mask_the_prompt_and_packing_keeps_examples_whole(tmp_path, job, 
             for a, b in zip(starts, starts[1:]):
                 ex_ids, ex_lab = ids[a:b], lab[a:b]
                 assert pos[a:b] == list(range(b - a))
-                prompt = tok.decode([i for i, l in zip(ex_ids, ex_lab) if l == -100])
-                answer = tok.decode([l for l in ex_lab if l != -100])
-                assert answer == pairs[prompt] + tok.eos_token  # loss on the answer and EOS only
-                assert ex_ids[-1] == tok.eos_token_id
+                prompt = tokenizer.decode([i for i, l in zip(ex_ids, ex_lab) if l == -100])
+                answer = tokenizer.decode([l for l in ex_lab if l != -100])
+                assert answer == pairs[prompt] + tokenizer.eos_token  # loss on the answer and EOS only
+                assert ex_ids[-1] == tokenizer.eos_token_id
                 order.append(prompt)
                 seen += 1
         assert order == [r["input"] for r in jsonl]  # the Arrow rows hold exactly the JSONL examples, in order
     assert seen == 30 and multi > 0  # every example once, whole; several share a sequence
 
 
-def test_text_format_chat_template_and_too_long(tmp_path, job, tok):
+def test_text_format_chat_template_and_too_long(tmp_path, job, tokenizer):
     chats = [{"messages": [{"role": "user", "content": f"hello {i}"}, {"role": "assistant", "content": f"hi there {i}"}]}
              for i in range(6)]
     chats.append({"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "long"}]})
     write_jsonl(tmp_path / "c.jsonl", chats)
     out = tmp_path / "out"
-    report = prepare(job([{"path": "c.jsonl"}], max_length=64, too_long="drop"), out, tmp_path, tokenizer=tok)
+    report = prepare(job([{"path": "c.jsonl"}], max_length=64, too_long="drop"), out, tmp_path, tokenizer=tokenizer)
     rows = [json.loads(x) for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines()]
     assert len(rows) == 6 and report["totals"]["reconciles"]
     r = next(r for r in rows if r["output"] == "hi there 0")
-    assert r["input"] == tok.apply_chat_template([{"role": "user", "content": "hello 0"}], tokenize=False, add_generation_prompt=True)
+    assert r["input"] == tokenizer.apply_chat_template([{"role": "user", "content": "hello 0"}], tokenize=False, add_generation_prompt=True)
     assert [x["reason"] for x in rejects(out)] == ["too_long_tokens"]
     assert rejects(out)[0]["where"] == f"{tmp_path}/c.jsonl:7"
     out2 = tmp_path / "out2"
-    report = prepare(job([{"path": "c.jsonl"}], max_length=64, too_long="truncate", format="text"), out2, tmp_path, tokenizer=tok)
+    report = prepare(job([{"path": "c.jsonl"}], max_length=64, too_long="truncate", format="text"), out2, tmp_path, tokenizer=tokenizer)
     assert report["splits"]["train"]["truncated"] + report["splits"]["val"]["truncated"] == 1
     texts = [json.loads(x)["text"] for x in (out2 / "train.jsonl").read_text().splitlines()]
     assert all("<|im_start|>assistant" in t for t in texts)
@@ -130,50 +130,50 @@ def test_text_format_chat_template_and_too_long(tmp_path, job, tok):
     assert all(l != -100 for row in ds for l in row["labels"])  # text: loss everywhere
 
 
-def test_split_is_deterministic_by_content_and_never_leaks(tmp_path, job, tok):
+def test_split_is_deterministic_by_content_and_never_leaks(tmp_path, job, tokenizer):
     rows = qa(200)
     write_jsonl(tmp_path / "a.jsonl", rows)
     write_jsonl(tmp_path / "b.jsonl", list(reversed(rows)) + rows[:20])  # same content, other order, plus repeats
     kw = dict(split=[0.9, 0.1], dedup={"exact": False, "near": False})
-    prepare(job([{"path": "a.jsonl"}], **kw), tmp_path / "o1", tmp_path, tokenizer=tok)
-    prepare(job([{"path": "a.jsonl"}], **kw), tmp_path / "o2", tmp_path, tokenizer=tok)
-    prepare(job([{"path": "b.jsonl"}], **kw), tmp_path / "o3", tmp_path, tokenizer=tok)
+    prepare(job([{"path": "a.jsonl"}], **kw), tmp_path / "o1", tmp_path, tokenizer=tokenizer)
+    prepare(job([{"path": "a.jsonl"}], **kw), tmp_path / "o2", tmp_path, tokenizer=tokenizer)
+    prepare(job([{"path": "b.jsonl"}], **kw), tmp_path / "o3", tmp_path, tokenizer=tokenizer)
     read = lambda d, s: [json.loads(x)["input"] for x in (tmp_path / d / f"{s}.jsonl").read_text().splitlines()]
     assert read("o1", "train") == read("o2", "train") and read("o1", "val") == read("o2", "val")
     assert 5 <= len(read("o1", "val")) <= 40
     assert set(read("o3", "val")) == set(read("o1", "val"))  # by content, not by position
     assert not set(read("o3", "val")) & set(read("o3", "train"))  # repeated rows never straddle
-    prepare(job([{"path": "a.jsonl"}], split=[0.9, 0.1], seed=7), tmp_path / "o4", tmp_path, tokenizer=tok)
+    prepare(job([{"path": "a.jsonl"}], split=[0.9, 0.1], seed=7), tmp_path / "o4", tmp_path, tokenizer=tokenizer)
     assert set(read("o4", "val")) != set(read("o1", "val"))
     # tiny data with a tiny ratio still gets a validation example
     write_jsonl(tmp_path / "c.jsonl", qa(3))
-    report = prepare(job([{"path": "c.jsonl"}], split=[0.999, 0.001]), tmp_path / "o5", tmp_path, tokenizer=tok)
+    report = prepare(job([{"path": "c.jsonl"}], split=[0.999, 0.001]), tmp_path / "o5", tmp_path, tokenizer=tokenizer)
     assert report["splits"]["val"]["examples"] == 1 and report["splits"]["train"]["examples"] == 2
 
 
-def test_cache_skips_work_and_invalidates(tmp_path, job, tok):
+def test_cache_skips_work_and_invalidates(tmp_path, job, tokenizer):
     write_jsonl(tmp_path / "a.jsonl", qa(20))
     out = tmp_path / "out"
     spec = job([{"path": "a.jsonl"}], max_length=64)
-    assert prepare(spec, out, tmp_path, tokenizer=tok)["cached"] is False
+    assert prepare(spec, out, tmp_path, tokenizer=tokenizer)["cached"] is False
     arrow = next((out / "train").glob("*.arrow"))
     before = arrow.stat().st_mtime_ns
-    assert prepare(spec, out, tmp_path, tokenizer=tok)["cached"] is True
+    assert prepare(spec, out, tmp_path, tokenizer=tokenizer)["cached"] is True
     assert arrow.stat().st_mtime_ns == before
-    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok)["cached"] is False
+    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tokenizer)["cached"] is False
     assert max(len(r) for r in load_from_disk(str(out / "train"))["input_ids"]) > 64  # packed up to 96 now
-    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok)["cached"] is True
+    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tokenizer)["cached"] is True
     write_jsonl(tmp_path / "a.jsonl", qa(21))
-    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok)["cached"] is False
+    assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tokenizer)["cached"] is False
     import copy
-    tok2 = copy.deepcopy(tok)
-    tok2.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    tok2 = copy.deepcopy(tokenizer)
+    tok2.chat_template = tokenizer.chat_template.replace("<|im_start|>", "<|im_start|> ")
     assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok2)["cached"] is False
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("embedding", ["tfidf", "minilm"])
-def test_clustering_report_cap_and_pictures(tmp_path, job, tok, embedding):
+def test_clustering_report_cap_and_pictures(tmp_path, job, tokenizer, embedding):
     topics = {"cooking": "recipe with garlic onion pan oven bake", "space": "rocket orbit planet moon launch star",
               "code": "python function variable loop compile bug"}
     rows = [{"text": f"{words} sentence {i} " + " ".join(words.split()[i % 5:])} for t, words in topics.items() for i in range(12)]
@@ -182,7 +182,7 @@ def test_clustering_report_cap_and_pictures(tmp_path, job, tok, embedding):
     out = tmp_path / "out"
     report = prepare(job([{"path": "a.jsonl"}], format="text", dedup={"near": False},
                          cluster={"enabled": True, "embedding": embedding, "k": 3, "max_share": 0.4}),
-                     out, tmp_path, tokenizer=tok)
+                     out, tmp_path, tokenizer=tokenizer)
     c = report["cluster"]
     assert sorted(x["size"] for x in c["clusters"]) == sorted([12, 12, 24]) or sum(x["size"] for x in c["clusters"]) == 48
     assert all(x["kept"] <= 20 for x in c["clusters"])  # 40% of 48, rounded up
@@ -219,7 +219,7 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "data.max_length" in r.output and r.exception is None or isinstance(r.exception, SystemExit)
 
 
-def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tok):
+def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tokenizer):
     site = tmp_path / "site"
     site.mkdir()
     (site / "a.html").write_text("<html><body><nav>Home | About</nav><script>track()</script>"
@@ -232,7 +232,7 @@ def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tok):
                 {"path": str(FIXTURES / "sqlite.sql"), "table": "conversations", "input": "prompt", "output": "reply"}],
                format="input_output", split=[0.5, 0.5], clean={"normalize": "NFC"})
     out = tmp_path / "out"
-    report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tok)
+    report = prepare(spec, out, tmp_path, skip_bad=True, tokenizer=tokenizer)
     rows = [json.loads(x) for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines()]
     pairs = {(r["input"], r["output"]) for r in rows}
     alpaca = "### Instruction:\n{}\n\n### Response:\n".format
@@ -246,7 +246,7 @@ def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tok):
                                                                    (f"{tmp_path}/qa.csv:1", "csv_header")]
 
 
-def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tok):
+def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tokenizer):
     """Empty and whitespace-only lines, a broken line, CRLF, a BOM, no final newline, a CSV with a
     blank line and a text file read by line: the count read is taken at the reader, and each line
     is kept or in rejects.jsonl with its file:line."""
@@ -264,7 +264,7 @@ def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tok):
     (tmp_path / "c.txt").write_text("line one\n\nline two\n  \n")
     out = tmp_path / "out"
     report = prepare(job([{"path": "a.jsonl"}, {"path": "b.csv", "input": "question", "output": "answer"},
-                          {"path": "c.txt", "unit": "line"}], split=[0.5, 0.5]), out, tmp_path, skip_bad=True, tokenizer=tok)
+                          {"path": "c.txt", "unit": "line"}], split=[0.5, 0.5]), out, tmp_path, skip_bad=True, tokenizer=tokenizer)
     physical = 9 + 4 + 4  # lines of a.jsonl and c.txt, CSV records of b.csv (header and blank one included)
     t = report["totals"]
     assert t == {"rows_in": physical, "examples_kept": 3 + 2 + 2, "rows_rejected": physical - 7, "reconciles": True}
@@ -281,27 +281,27 @@ def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tok):
     assert report["dedup"]["settings"]["threshold"] == 0.85 and "candidate pairs checked" in md
 
 
-def test_a_failed_run_leaves_the_previous_output_whole(tmp_path, job, tok):
+def test_a_failed_run_leaves_the_previous_output_whole(tmp_path, job, tokenizer):
     write_jsonl(tmp_path / "a.jsonl", qa(20))
     out = tmp_path / "data"
     spec = job([{"path": "a.jsonl"}])
-    prepare(spec, out, tmp_path, tokenizer=tok)
+    prepare(spec, out, tmp_path, tokenizer=tokenizer)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with open(tmp_path / "a.jsonl", "a") as f:
         f.write("{not json\n")
     with pytest.raises(DataError, match=rf"a\.jsonl:21: malformed JSON.*; {out} still holds the previous complete output"):
-        prepare(spec, out, tmp_path, tokenizer=tok)
+        prepare(spec, out, tmp_path, tokenizer=tokenizer)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "data"]  # no scratch folder left
     with pytest.raises(DataError, match=f"nothing written to {tmp_path / 'new'}"):
-        prepare(spec, tmp_path / "new", tmp_path, tokenizer=tok)
+        prepare(spec, tmp_path / "new", tmp_path, tokenizer=tokenizer)
     assert not (tmp_path / "new").exists()
     # a folder that holds other things is never replaced
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("x")
     with pytest.raises(DataError, match="not a data-prep output"):
-        prepare(spec, tmp_path / "mine", tmp_path, skip_bad=True, tokenizer=tok)
+        prepare(spec, tmp_path / "mine", tmp_path, skip_bad=True, tokenizer=tokenizer)
     assert (tmp_path / "mine" / "thesis.tex").exists()
 
 
@@ -309,20 +309,20 @@ def test_a_failed_run_leaves_the_previous_output_whole(tmp_path, job, tok):
     ("pygmalion", "<|user|>{}<|model|>"),
     ("Question: {input}\nAnswer (in JSON, {{braces}} kept): ", "Question: {}\nAnswer (in JSON, {{{{braces}}}} kept): "),
     ("none", "{}")])
-def test_prompt_templates_keep_the_loss_on_the_answer(tmp_path, job, tok, template, prompt):
+def test_prompt_templates_keep_the_loss_on_the_answer(tmp_path, job, tokenizer, template, prompt):
     rows = qa(8)
     write_jsonl(tmp_path / "a.jsonl", rows)
     out = tmp_path / "out"
-    prepare(job([{"path": "a.jsonl"}], prompt_template=template, packing=False, split=[0.5, 0.5]), out, tmp_path, tokenizer=tok)
+    prepare(job([{"path": "a.jsonl"}], prompt_template=template, packing=False, split=[0.5, 0.5]), out, tmp_path, tokenizer=tokenizer)
     got = {json.loads(x)["input"]: json.loads(x)["output"] for f in ("train.jsonl", "val.jsonl")
            for x in (out / f).read_text().splitlines()}
     assert got == {prompt.format(r["prompt"]): r["generation"] for r in rows}
     for split in ("train", "val"):
         for row in load_from_disk(str(out / split)):
-            answer = tok.decode([l for l in row["labels"] if l != -100])
-            full = tok.decode(row["input_ids"])
-            assert answer.endswith(tok.eos_token) and full.endswith(answer)
-            assert full[:-len(answer)] in got and got[full[:-len(answer)]] + tok.eos_token == answer
+            answer = tokenizer.decode([l for l in row["labels"] if l != -100])
+            full = tokenizer.decode(row["input_ids"])
+            assert answer.endswith(tokenizer.eos_token) and full.endswith(answer)
+            assert full[:-len(answer)] in got and got[full[:-len(answer)]] + tokenizer.eos_token == answer
 
 
 def test_a_bad_prompt_template_is_one_line():

@@ -15,22 +15,22 @@ CHATS = [[{"role": "user", "content": "What is 2+2?"}],
           {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]]
 
 
-def test_same_ids_special_tokens_and_chat_text_as_autotokenizer(smollm2_dir, tok):
+def test_same_ids_special_tokens_and_chat_text_as_autotokenizer(smollm2_dir, tokenizer):
     ours = load_tokenizer(str(smollm2_dir))
     assert isinstance(ours, FastTokenizer)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        assert getattr(ours, name) == getattr(tok, name), name
-    assert ours.eos_token_id is not None and ours.chat_template == tok.chat_template
+        assert getattr(ours, name) == getattr(tokenizer, name), name
+    assert ours.eos_token_id is not None and ours.chat_template == tokenizer.chat_template
     for text in TEXTS:
         for special in (True, False):
             assert ours(text, add_special_tokens=special)["input_ids"] == \
-                tok(text, add_special_tokens=special)["input_ids"], (text, special)
+                tokenizer(text, add_special_tokens=special)["input_ids"], (text, special)
     batch = ours.backend_tokenizer.encode_batch(TEXTS, add_special_tokens=False)
-    assert [e.ids for e in batch] == [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    assert [e.ids for e in batch] == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
     for chat in CHATS:
         for gen in (True, False):
             assert ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen) == \
-                tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
+                tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
 
 
 def test_loading_imports_neither_torch_nor_transformers(smollm2_dir, repo_root):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 STATE = Path(os.environ.get("LAUNCHER_DOCKER_STATE", "/tmp/launcher-docker"))
 WHEELHOUSE = STATE / "wheelhouse"
 # The values a job's secrets have while the images build (the same in test_gpu_image.py).

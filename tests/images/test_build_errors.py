@@ -9,7 +9,7 @@ import pytest
 from launcher.build import IMAGE_FILES, BuildError, build, content_tag, recorded_image, require_image
 from launcher.spec import JobSpec
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 
 
 def _copy(tmp: Path) -> Path:

@@ -20,7 +20,7 @@ from launcher import manifest
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 SECRETS = {"WANDB_API_KEY": "wandb-secret-5f1e9c2a77", "HF_TOKEN": "hf_secretToken8d41b0c3"}
 DEP_LAYERS = 6  # base, venv, COPY + RUN pinned requirements, COPY + RUN models: all before our code
 

@@ -1,14 +1,13 @@
 """The CLI: help, init, dry runs and every bad-input path gives one line and a non-zero exit."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 QUICKSTART = REPO / "examples/quickstart/job.yaml"
 
 

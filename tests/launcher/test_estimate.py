@@ -7,7 +7,6 @@ AdamW; the LoRA paper's GPT-3 175B trainable counts (4.7M at r=1, 37.7M at r=8 o
 16-bit fine-tuning needs over 780 GB.
 """
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,7 +15,7 @@ from click.testing import CliRunner
 from launcher import estimate as est
 from launcher.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 QUICKSTART = REPO / "examples/quickstart/job.yaml"
 
 LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_attention_heads=32,

@@ -19,7 +19,7 @@ import pytest
 
 from launcher import manifest, runlock, state
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 QUICKSTART = REPO / "examples/quickstart/job.yaml"
 
 

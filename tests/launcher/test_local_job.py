@@ -11,7 +11,7 @@ import pytest
 
 from launcher import manifest, state
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 QUICKSTART = REPO / "examples/quickstart/job.yaml"
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import yaml
 
 from launcher.spec import JobSpec, SpecError, commented_yaml, load_spec, parse_set
 
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 
 
 def write(tmp_path, text: str) -> Path:

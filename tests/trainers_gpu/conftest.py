@@ -9,13 +9,6 @@ from gpu_trainer_helpers import fruit_examples, pack
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm2_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-@pytest.fixture(scope="session")
 def fruit_data(tmp_path_factory, tokenizer) -> Path:
     """DATA_DIR with train/ (48 examples packed into 64-token rows) and val/ (8 examples)."""
     from datasets import Dataset

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+import common
+from common import REPO
 FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "melon", "peach", "pear", "plum",
           "kiwi", "lime", "fig", "date", "guava", "papaya"]
 
@@ -54,13 +54,7 @@ def write_job(path: Path, model: Path | str, **sections) -> Path:
             "dataloader_num_workers": 0, "optim": "adamw_torch", "sample_prompts": 2, "sample_max_new_tokens": 12,
         },
     }
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            job.setdefault(key, {}).update(value)
-        else:
-            job[key] = value
-    path.write_text(yaml.safe_dump(job, sort_keys=False))
-    return path
+    return common.write_job(path, job, **sections)
 
 
 def trainer_env(**extra) -> dict:

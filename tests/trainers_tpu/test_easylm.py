@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import write_job
 from launcher.manifest import verify
 from tpu_test_helpers import EASYLM_DIR, EASYLM_PYTHON, easylm_env, easylm_import_error, write_prepared
 from trainers.tpu import data as tpu_data
@@ -98,9 +99,7 @@ def _job(tmp_path: Path, model: Path, bucket: Path | None = None, **train) -> Pa
            "data": {"format": "input_output", "max_length": 32}, "train": t,
            "resources": {"cloud": "gcp", "accelerators": "tpu-v3-8"},
            "outputs": {"bucket": str(bucket) if bucket else None}}
-    path = tmp_path / "job.yaml"
-    path.write_text(json.dumps(job))
-    return path
+    return write_job(tmp_path / "job.yaml", job)
 
 
 def _train_cmd(job: Path, data: Path, out: Path) -> list[str]:

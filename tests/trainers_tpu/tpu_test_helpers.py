@@ -12,7 +12,7 @@ from trainers.tpu.convert import TOKENIZER_FILES
 
 EASYLM_DIR = os.environ.get("EASYLM_DIR")
 EASYLM_PYTHON = os.environ.get("EASYLM_PYTHON") or sys.executable
-REPO = Path(__file__).resolve().parents[2]
+from common import REPO
 
 
 def easylm_env() -> dict:
