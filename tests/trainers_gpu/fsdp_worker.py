@@ -71,7 +71,9 @@ def main() -> int:
         dist.all_reduce(total)
         losses.append(total.item())
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # accelerate's get_state_dict for FSDP2, which the Trainer's save_model calls under FULL_STATE_DICT
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
     if rank == 0:
         (out / "losses.json").write_text(json.dumps(losses))
         model.save_pretrained(out / "model", state_dict=state)
