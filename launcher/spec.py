@@ -94,6 +94,9 @@ class ResourcesConfig(Section):
     zone: str | None = Field(None, description="Zone; pin it for TPU Research Cloud grants (e.g. europe-west4-a).")
     disk_size: int = Field(256, gt=0, description="Boot disk in GB.")
     num_nodes: int = Field(1, gt=0, description="Machines to train on together.")
+    processes_per_node: int | None = Field(
+        None, gt=0, description="Training processes per machine; default one per GPU (one without GPUs). "
+        "2 on a machine without GPUs tries a multi-GPU job (DDP) with CPU processes.")
     idle_minutes: int = Field(30, ge=0, description="Tear the machine down after this many idle minutes.")
     docker: bool = Field(False, description="local cloud only: run inside the GPU image with the local Docker engine.")
 

@@ -30,7 +30,7 @@ def losses(state_file: Path) -> dict[int, float]:
 # -- no model needed --------------------------------------------------------------------------
 
 def test_spec_flags_reach_training_arguments(tmp_path):
-    from trainers.gpu.train import build_training_args
+    from trainers.gpu.train import build_training_args, training_kwargs
 
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"name": "flags", "train": {
@@ -56,6 +56,11 @@ def test_spec_flags_reach_training_arguments(tmp_path):
     assert args.report_to == ["tensorboard"] and args.ddp_find_unused_parameters is False
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert args.remove_unused_columns is False and args.prediction_loss_only and args.use_cache is False
+    # the device picks the collective backend, in this one place
+    assert args.ddp_backend is None  # one process: no collectives at all
+    kw = dict(precision="fp32", evaluate=True, world_size=2)
+    assert training_kwargs(spec, tmp_path / "out", cuda=False, **kw)["ddp_backend"] == "gloo"
+    assert training_kwargs(spec, tmp_path / "out", cuda=True, **kw)["ddp_backend"] == "nccl"
 
     spec = load_spec(None, [("method", "qlora"), ("train.max_steps", 9), ("train.data_seed", None)], data={})
     args = build_training_args(spec, tmp_path / "out", precision="fp32", evaluate=False)
@@ -90,6 +95,14 @@ def test_qlora_without_cuda_fails_before_loading_anything(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(tmp_path):
+    """accelerate shards with FSDP only across GPUs; on CPU processes the job would silently be DDP."""
+    job = write_job(tmp_path / "job.yaml", tmp_path / "no-such-model", method="full", train={"fsdp": True})
+    res = run_trainer(job, tmp_path / "no-data", tmp_path / "out", env=trainer_env(CUDA_VISIBLE_DEVICES=""))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: train.fsdp: FSDP shards across GPUs only")
+
+
 @pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(tmp_path, smollm2_dir):
     job = write_job(tmp_path / "job.yaml", smollm2_dir)
@@ -101,7 +114,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, smollm2_dir):
     assert res.returncode == 2 and "train.learning_rate: must be > 0" in res.stderr
 
 
-def test_launch_command():
+def test_launch_command(tmp_path):
     from launcher.spec import JobSpec
     from trainers.gpu.launch import command, exit_code
 
@@ -123,6 +136,17 @@ def test_launch_command():
     assert multi[multi.index("--num_processes") + 1] == "8"  # accelerate counts processes over all machines
     assert multi[multi.index("--num_machines") + 1] == "2" and multi[multi.index("--machine_rank") + 1] == "1"
     assert multi[multi.index("--main_process_ip") + 1] == "10.0.0.5"
+    assert multi[multi.index("--main_process_port") + 1] == "29500"
+
+    # CPU-only nodes (SkyPilot says 0 GPUs) still train together, one process each, not each alone
+    cpu_nodes = command("job.yaml", "d", "o", {**env, "SKYPILOT_NUM_GPUS_PER_NODE": "0", "MASTER_PORT": "29612"})
+    assert cpu_nodes[cpu_nodes.index("--num_processes") + 1] == "2" and "--multi_gpu" in cpu_nodes
+    assert cpu_nodes[cpu_nodes.index("--main_process_port") + 1] == "29612"
+    # resources.processes_per_node asks for several processes on a machine without GPUs
+    asked = JobSpec(name="multi", resources={"processes_per_node": 2})
+    two = command(asked, "d", tmp_path / "o", {"CUDA_VISIBLE_DEVICES": ""})
+    assert two[two.index("--num_processes") + 1] == "2" and two[two.index("--num_machines") + 1] == "1"
+    assert two[-6:] == ["trainers.gpu.train", str(tmp_path / "o" / "job.yaml"), "--data", "d", "--out", str(tmp_path / "o")]
 
     assert exit_code(1, "/nonexistent") == 1 and exit_code(75, "/nonexistent") == 75
     assert spec.train.fsdp is False

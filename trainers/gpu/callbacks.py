@@ -70,6 +70,10 @@ class CompleteCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        # Every process writes its own part (its RNG state, FSDP shards) and may still be writing
+        # when the first one gets here: the manifest must wait for all of them.
+        if args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         if args.should_save and folder.is_dir():
             for name, text in self.extra_files.items():
                 (folder / name).write_text(text)

@@ -18,13 +18,16 @@ from trainers.gpu.data import first_example
 
 def write_final(trainer, spec, tokenizer, out: Path, model_path: str, precision: str, prompts_ds, upload=None) -> Path:
     final = out / "final"
-    main = trainer.args.should_save and trainer.is_world_process_zero()
+    # The first process of each node that saves (save_on_each_node: every node, as there may be no
+    # shared disk) writes a whole, verifiable final; only the very first one uploads.
+    main = trainer.args.should_save
     if main and final.exists():
         shutil.rmtree(final)  # a half-written final from a run that died while writing it
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(final))  # every rank takes part: FSDP gathers the shards here
     if not main:
         return final
+    first = trainer.is_world_process_zero()
 
     tokenizer.save_pretrained(final)
     trainer.state.save_to_json(str(final / "trainer_state.json"))
@@ -41,7 +44,7 @@ def write_final(trainer, spec, tokenizer, out: Path, model_path: str, precision:
         tokenizer.save_pretrained(final / "merged")
     write_manifest(final, {"step": trainer.state.global_step})
     print(f"final model in {final}", flush=True)
-    if upload is not None:
+    if upload is not None and first:
         upload(final)
     return final
 

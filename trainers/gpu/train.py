@@ -83,17 +83,24 @@ def check_method(spec, cuda: bool) -> None:
     if spec.train.fsdp and spec.method != "full":
         raise InputError(f"train.fsdp: FSDP is for method: full; {spec.method} trains a small adapter, "
                          "which DDP across GPUs already handles")
+    if spec.train.fsdp and not cuda:
+        # accelerate (1.15) turns FSDP on only across accelerators; CPU processes would quietly
+        # train unsharded copies (plain DDP) under a job that says FSDP.
+        raise InputError("train.fsdp: FSDP shards across GPUs only, and this machine has none; "
+                         "drop train.fsdp to try the job on CPU processes (it then runs as DDP)")
 
 
 # -- the spec as TrainingArguments -------------------------------------------------------------
 
 def training_kwargs(spec, out: Path, *, precision: str, evaluate: bool, num_nodes: int = 1,
-                    cuda: bool | None = None) -> dict:
+                    cuda: bool | None = None, world_size: int | None = None) -> dict:
     """Keyword arguments for TrainingArguments: every flag of the guide's run, under today's names."""
     if cuda is None:
         import torch
 
         cuda = torch.cuda.is_available()
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set by torchrun under accelerate launch
     t = spec.train
     optim = t.optim
     if spec.method == "qlora" and "optim" not in t.model_fields_set:
@@ -138,6 +145,10 @@ def training_kwargs(spec, out: Path, *, precision: str, evaluate: bool, num_node
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         report_to=[] if t.report_to == "none" else [t.report_to],
         ddp_find_unused_parameters=t.ddp_find_unused_parameters,
+        # The one place where the device decides the collective backend: the launch line is the
+        # same for GPU and CPU processes (launch.py). A single process must have none (accelerate
+        # then asks torch.distributed for a world that does not exist).
+        ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         remove_unused_columns=False,  # position_ids are the packing boundaries: keep them
         # With a KV cache transformers ignores the position_ids restarts and packed examples would
         # attend to each other; training never needs the cache.
@@ -326,7 +337,8 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
 
             resume_from_bucket(spec.outputs.bucket, spec.name, ckpt_dir)
     resume = agree_on_checkpoint(ckpt_dir, args)
-    run_id = setup_wandb(spec, out, resume) if args.should_save else None
+    # W&B reports from the first process only; other nodes' checkpoints need no run id.
+    run_id = setup_wandb(spec, out, resume) if args.process_index == 0 else None
     set_seed(args.seed)  # LoRA's initial weights come from this
 
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or model_path)
