@@ -25,7 +25,8 @@ A useful token is a real (non-padding) token of an example. Two length distribut
 
 Runs are interleaved (round r runs every layout, in an order rotated each round) and repeated;
 each run builds a fresh model and Trainer, skips --warmup steps, and times --steps optimizer
-steps. Reported: median useful tokens/s with min-max over rounds, padding fraction, and the
+steps. Reported: median useful tokens/s (wall, and per CPU second of the process: the steadier
+figure on a shared machine, with --threads 1) with min-max over rounds, padding fraction, and the
 median of the per-round ratios against the guide.
 
     python bench/train_packing.py [--rounds 3] [--steps 3] [--batch-size 4] [--dists quickstart,longtail]
@@ -147,11 +148,11 @@ def run_once(layout: str, model_path: str, single, packed, args, max_length: int
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
-    ends: list[float] = []
+    ends: list[tuple[float, float]] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            ends.append(time.perf_counter())
+            ends.append((time.perf_counter(), time.process_time()))
 
     targs = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
@@ -164,7 +165,8 @@ def run_once(layout: str, model_path: str, single, packed, args, max_length: int
     trainer.train()
     measured = counting.log[args.warmup:args.warmup + args.steps]
     real, computed = sum(r for r, _ in measured), sum(c for _, c in measured)
-    return {"tps": real / (ends[-1] - ends[args.warmup - 1]), "padding": 1 - real / computed}
+    wall, cpu = (b - a for a, b in zip(ends[args.warmup - 1], ends[-1]))
+    return {"tps": real / wall, "tpcpu": real / cpu, "padding": 1 - real / computed}
 
 
 def main() -> int:
@@ -180,6 +182,8 @@ def main() -> int:
     ap.add_argument("--median", type=int, default=64, help="longtail: median example length in tokens")
     ap.add_argument("--sigma", type=float, default=1.0, help="longtail: log-normal spread")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: its default); 1 makes the per-CPU-second "
+                    "figure a steady measure of work on a shared machine")
     ap.add_argument("--expect-longtail", type=float, default=1.5)
     args = ap.parse_args()
     layouts = args.layouts.split(",")
@@ -190,6 +194,8 @@ def main() -> int:
     from launcher.models import resolve_model
 
     hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -219,7 +225,7 @@ def main() -> int:
                     m = run_once(k, path, single, packed, args, L, pad_id, Path(tmp) / k)
                     res[dist, k].append(m)
                     print(f"  round {r + 1} {dist:10s} {k:14s} {m['tps']:8.1f} useful tokens/s, "
-                          f"padding {m['padding']:5.1%}", flush=True)
+                          f"{m['tpcpu']:8.1f} per CPU second, padding {m['padding']:5.1%}", flush=True)
             load.append(os.getloadavg()[0])
     print(f"1-min load average per round: {' -> '.join(f'{x:.1f}' for x in load)}")
 
@@ -227,14 +233,16 @@ def main() -> int:
     for dist in data:
         print(f"\n[{dist}]  useful tokens/s: median (min-max over {args.rounds} rounds); padding; "
               f"ratio to guide: median of per-round ratios (min-max)")
-        for k in layouts:
-            tps = [m["tps"] for m in res[dist, k]]
-            line = (f"  {k:14s} {statistics.median(tps):8.1f} ({min(tps):.1f}-{max(tps):.1f})  "
-                    f"padding {statistics.median(m['padding'] for m in res[dist, k]):5.1%}")
-            if "guide" in layouts and k != "guide":
-                ratios = [a["tps"] / b["tps"] for a, b in zip(res[dist, k], res[dist, "guide"])]
-                line += f"  {statistics.median(ratios):5.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-            print(line)
+        for metric, what in (("tps", "wall"), ("tpcpu", "per CPU second")):
+            print(f"  {what}:")
+            for k in layouts:
+                v = [m[metric] for m in res[dist, k]]
+                line = (f"    {k:14s} {statistics.median(v):8.1f} ({min(v):.1f}-{max(v):.1f})  "
+                        f"padding {statistics.median(m['padding'] for m in res[dist, k]):5.1%}")
+                if "guide" in layouts and k != "guide":
+                    ratios = [a[metric] / b[metric] for a, b in zip(res[dist, k], res[dist, "guide"])]
+                    line += f"  {statistics.median(ratios):5.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+                print(line)
         if "guide" in layouts and "packed" in layouts:
             ratio = statistics.median(a["tps"] / b["tps"] for a, b in zip(res[dist, "packed"], res[dist, "guide"]))
             want = args.expect_longtail if dist == "longtail" else 1.0

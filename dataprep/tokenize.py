@@ -67,7 +67,10 @@ class FastTokenizer:
         from tokenizers import Tokenizer
 
         self.folder = folder
-        self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            self.backend_tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # the Rust side raises a bare Exception; ValueError is what callers report in one line
+            raise ValueError(f"{folder / 'tokenizer.json'}: {e}") from None
         for name in _SPECIAL:
             tok = config.get(name)
             if isinstance(tok, dict):  # an AddedToken as older versions save it

@@ -55,3 +55,22 @@ def test_packed_loss_per_example_equals_alone(smollm2_dir, tokenizer):
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits
         crossed = per_example_losses(logits, batch["labels"], batch["position_ids"])
     assert max(abs(a - b) for a, b in zip(crossed, alone)) > 1e-2
+
+
+def test_group_by_length_reaches_the_trainer_with_row_lengths(tmp_path):
+    from datasets import Dataset
+
+    from launcher.spec import load_spec
+    from trainers.gpu.data import load_split
+    from trainers.gpu.train import build_training_args
+
+    spec = load_spec(None, [("train.group_by_length", True)], data={})
+    assert build_training_args(spec, tmp_path, precision="fp32", evaluate=False).train_sampling_strategy == "group_by_length"
+    spec = load_spec(None, [], data={})
+    assert build_training_args(spec, tmp_path, precision="fp32", evaluate=False).train_sampling_strategy == "random"
+
+    rows = [{"input_ids": list(range(n)), "labels": list(range(n)), "position_ids": list(range(n))} for n in (5, 1, 9)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "train"))
+    ds = load_split(tmp_path, "train", with_length=True)
+    assert ds["length"] == [5, 1, 9]
+    assert "length" not in load_split(tmp_path, "train").column_names
