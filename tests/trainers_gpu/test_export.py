@@ -1,0 +1,218 @@
+"""From a finished run to llama.cpp, for real: a LoRA fine-tune of SmolLM2-135M (a few real training
+steps on the fruit data) whose job file asks for `outputs.export: {gguf: q4_k_m}`, then
+`launcher export RUN --gguf f16`, both loaded by llama.cpp (llama-cpp-python) and compared with the
+HF model; the merge checked against base+adapter; generate/chat/push through the CLI; and the
+one-line refusals.
+
+One run (module fixture) serves every test: training and two conversions cost about two minutes
+on two cores.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from gpu_trainer_helpers import FRUITS, run_trainer, write_job
+from launcher.cli import main
+from launcher.manifest import verify, write_manifest
+
+pytest.importorskip("llama_cpp", reason="needs the export extra (llama-cpp-python)")
+
+PROMPT = f"Q: what colour is a {FRUITS[1]} on planet Zorg?\nA:"  # a training prompt
+TOKENS = 12  # greedy tokens compared between HF and llama.cpp
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, smollm2_dir, fruit_data) -> Path:
+    tmp = tmp_path_factory.mktemp("export-run")
+    job = write_job(tmp / "job.yaml", smollm2_dir, train={"max_steps": 6, "save_steps": 100, "do_eval": False,
+                                                          "sample_prompts": 0},
+                    outputs={"export": {"gguf": "q4_k_m"}})
+    out = tmp / "out"
+    r = run_trainer(job, fruit_data, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "converting to GGUF q4_k_m" in r.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def f16(run, tmp_path_factory) -> Path:
+    to = tmp_path_factory.mktemp("export-f16")
+    r = CliRunner().invoke(main, ["export", str(run), "--gguf", "f16", "--to", str(to)])
+    assert r.exit_code == 0, r.output
+    return to
+
+
+@pytest.fixture(scope="module")
+def hf(run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "export" / "model")
+    model = AutoModelForCausalLM.from_pretrained(run / "export" / "model", dtype=torch.float32).eval()
+    return tok, model
+
+
+def llama(path: Path, **kw):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=256, verbose=False, seed=0, **kw)
+
+
+def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    tok, model = hf
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    got = []
+    for t in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        got.append(t)
+        if len(got) == n or t == llm.token_eos():
+            break
+    return got
+
+
+def test_job_end_export_is_a_complete_synced_unit(run):
+    assert verify(run / "export") == []  # a manifest like a checkpoint's: sync brings it home verified
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert manifest["export"]["gguf"] == ["trainer-test-q4_k_m.gguf"]
+    assert "trainer-test-q4_k_m.gguf" in manifest["files"] and "model/model.safetensors" in manifest["files"]
+    assert (run / "export" / "model" / "chat_template.jinja").is_file()
+
+
+def test_f16_gguf_continues_like_hf_and_carries_the_chat_template(run, f16, hf):
+    from trainers.export import gguf_metadata
+
+    tok, _ = hf
+    path = f16 / "trainer-test-f16.gguf"
+    meta = gguf_metadata(path)
+    assert meta["general.architecture"] == "llama"
+    assert meta["tokenizer.chat_template"] == tok.chat_template and "<|im_start|>" in meta["tokenizer.chat_template"]
+
+    llm = llama(path)
+    ids = tok(PROMPT)["input_ids"]
+    assert llm.tokenize(PROMPT.encode(), add_bos=False, special=True) == ids  # the tokenizer came across too
+    want = hf_greedy(hf, ids, TOKENS)
+    assert llama_greedy(llm, ids, TOKENS) == want
+    assert "teal" in tok.decode(want)  # and it is the fine-tuned model, not the base
+
+
+def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
+    """The measure: teacher-forced next-token agreement (argmax) over a training example's tokens."""
+    import numpy as np
+    import torch
+
+    tok, model = hf
+    path = run / "export" / "trainer-test-q4_k_m.gguf"
+    from trainers.export import gguf_metadata
+
+    assert gguf_metadata(path)["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    ids = tok(PROMPT + f" On Zorg every {FRUITS[1]} is bright teal.")["input_ids"]
+    llm = llama(path, logits_all=True)
+    llm.eval(ids)
+    q = np.array(llm.scores[: len(ids)]).argmax(-1)
+    with torch.no_grad():
+        h = model(torch.tensor([ids])).logits[0].argmax(-1).numpy()
+    agreement = float((q == h).mean())
+    print(f"q4_k_m vs HF: top-1 agreement {agreement:.2f} over {len(ids)} positions")
+    assert agreement >= 0.8
+    answer = llama_greedy(llm, tok(PROMPT)["input_ids"], TOKENS)
+    assert "teal" in tok.decode(answer)
+
+
+def test_merged_logits_equal_base_plus_adapter(run, smollm2_dir, hf):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok, merged = hf
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(ids).logits
+        peft = PeftModel.from_pretrained(base, str(run / "final")).eval()
+        want = peft(ids).logits
+        got = merged(ids).logits
+    assert (want - before).abs().max() > 1.0  # the adapter changes the model
+    assert torch.allclose(got, want, atol=2e-3, rtol=0), (got - want).abs().max()
+
+
+def test_generate_and_chat_through_the_cli(run):
+    r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--max-new-tokens", "10", "--compare-base"])
+    assert r.exit_code == 0, r.output
+    tuned, base = r.output.strip().splitlines()
+    assert tuned.startswith("[fine-tuned]") and "teal" in tuned
+    assert base.startswith("[base]") and "teal" not in base
+    r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--gguf", "--max-new-tokens", "10"])
+    assert r.exit_code == 0 and "teal" in r.output, r.output
+    r = CliRunner().invoke(main, ["chat", str(run), "--max-new-tokens", "10"], input=f"{PROMPT}\n\n")
+    assert r.exit_code == 0 and "teal" in r.output, r.output
+
+
+def test_model_card_and_push_up_to_the_hub(run, monkeypatch, tmp_path):
+    from launcher.hub import files, model_card
+    from trainers.export import Run
+
+    (run / "data").mkdir(exist_ok=True)
+    (run / "data" / "report.json").write_text(json.dumps({
+        "summary": "60 rows read = 56 kept + 4 rejected", "stages": {"ingest": {"in": 60, "kept": 58}}}))
+    r = Run(run)
+    up = files(r)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
+            "trainer-test-q4_k_m.gguf", "loss.png"} <= set(up)
+    assert not any(k.startswith("adapter") or k == "manifest.json" for k in up)
+    card = model_card(r, "someone/fruit", up)
+    history = json.loads((run / "final" / "trainer_state.json").read_text())["log_history"]
+    last_loss = [h["loss"] for h in history if "loss" in h][-1]
+    assert f"Final train loss: {last_loss:.4f}" in card
+    assert "60 rows read = 56 kept + 4 rejected" in card and "| ingest | 60 | 58 |" in card
+    assert "| learning rate | 0.002 |" in card and "| LoRA r | 8 |" in card and "![loss](loss.png)" in card
+    assert card.startswith("---\n") and "llm-launcher" in card.split("---")[1]
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    res = CliRunner().invoke(main, ["push", str(run), "--hub", "someone/fruit"])
+    assert res.exit_code == 2 and "HF_TOKEN" in res.output and len(res.output.strip().splitlines()) == 1
+    secret = "hf_test_token_never_written_0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # huggingface_hub's own offline switch: stops at the API call
+    res = CliRunner().invoke(main, ["push", str(run), "--hub", "someone/fruit", "--private"])
+    assert res.exit_code == 2 and "push to someone/fruit failed" in res.output and "offline" in res.output.lower()
+    assert not any(secret.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
+
+
+def test_bad_input_gets_one_line(run, tmp_path):
+    def cli(*args):
+        r = CliRunner().invoke(main, list(args))
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
+        return r.output
+
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    assert "has not finished" in cli("export", str(unfinished), "--gguf", "f16")
+    assert "did you mean 'q4_k_m'" in cli("export", str(run), "--gguf", "q4km")
+    assert "nothing to export" in cli("export", str(run))
+
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    other = tmp_path / "other" / "final"
+    other.mkdir(parents=True)
+    (other / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(gpt2)}))
+    (other / "job.yaml").write_text(yaml.safe_dump({"name": "other", "model": str(gpt2)}))
+    write_manifest(other)
+    out = cli("export", str(other.parent), "--gguf", "q8_0")
+    assert "supports the LLaMA family" in out and "GPT2LMHeadModel" in out
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "x", "outputs": {"export": {"gguf": "q9_k"}}}))
+    assert "outputs.export.gguf: unknown GGUF type 'q9_k'" in cli("submit", str(job), "--dry-run")
