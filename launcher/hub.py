@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from launcher.errors import LauncherError
@@ -57,7 +58,9 @@ def model_card(run, repo_id: str, uploaded: dict[str, Path]) -> str:
     data = json.loads(report.read_text()) if report.is_file() else {}
     merged = any(k.endswith(".safetensors") and not k.startswith("adapter") for k in uploaded)
     ggufs = [k for k in uploaded if k.endswith(".gguf")]
-    meta = ModelCardData(base_model=run.base_ref() if "/" in run.base_ref() and ":" not in run.base_ref() else None,
+    ref = run.base_ref()
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not Path(ref).expanduser().exists()
+    meta = ModelCardData(base_model=ref if hub_id else None,  # the Hub links base models by id only
                          library_name="transformers" if merged or not run.is_adapter else "peft",
                          tags=["llm-launcher", spec.method if spec else "fine-tune"] + (["gguf"] if ggufs else []))
     lines = [f"# {repo_id.split('/')[-1]}", "",
@@ -93,7 +96,7 @@ def model_card(run, repo_id: str, uploaded: dict[str, Path]) -> str:
               f"Final eval loss: {evals[-1]:.4f}" if evals else "Final eval loss: not evaluated"]
     if "loss.png" in uploaded:
         lines += ["", "![loss](loss.png)"]
-    return str(ModelCard.from_template(meta, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines) + "\n"))
+    return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))
 
 
 def push(src: str | Path, repo_id: str, *, private: bool = False) -> str:

@@ -1,11 +1,10 @@
-"""From a finished run to llama.cpp, for real: a LoRA fine-tune of SmolLM2-135M (a few real training
-steps on the fruit data) whose job file asks for `outputs.export: {gguf: q4_k_m}`, then
-`launcher export RUN --gguf f16`, both loaded by llama.cpp (llama-cpp-python) and compared with the
-HF model; the merge checked against base+adapter; generate/chat/push through the CLI; and the
-one-line refusals.
-
-One run (module fixture) serves every test: training and two conversions cost about two minutes
-on two cores.
+"""From a finished run to llama.cpp, for real: a LoRA adapter on the real SmolLM2-135M (random
+non-zero weights made with peft: training steps cost minutes on a busy 2-core machine, and the
+merge and conversion do not care how the weights were found) in a run folder whose job file asks
+for `outputs.export: {gguf: q4_k_m}`, exported by the trainer's own end-of-job step; then
+`launcher export RUN --gguf f16`; both loaded by llama.cpp (llama-cpp-python) and compared with
+the HF model; the merge checked against base+adapter; generate/chat/push through the CLI; and the
+one-line refusals. One run (module fixture) serves every test.
 """
 from __future__ import annotations
 
@@ -22,18 +21,37 @@ from launcher.manifest import verify, write_manifest
 
 pytest.importorskip("llama_cpp", reason="needs the export extra (llama-cpp-python)")
 
-PROMPT = f"Q: what colour is a {FRUITS[1]} on planet Zorg?\nA:"  # a training prompt
+PROMPT = f"Q: what colour is a {FRUITS[1]} on planet Zorg?\nA:"
 TOKENS = 12  # greedy tokens compared between HF and llama.cpp
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, smollm2_dir, fruit_data) -> Path:
-    tmp = tmp_path_factory.mktemp("export-run")
-    job = write_job(tmp / "job.yaml", smollm2_dir, train={"max_steps": 6, "save_steps": 100, "do_eval": False,
-                                                          "sample_prompts": 0},
-                    outputs={"export": {"gguf": "q4_k_m"}})
-    out = tmp / "out"
-    r = run_trainer(job, fruit_data, out)
+def run(tmp_path_factory, smollm2_dir) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launcher.spec import load_spec
+    from trainers.gpu.final import plot_loss
+
+    out = tmp_path_factory.mktemp("export-run")
+    job = write_job(out / "job.yaml", smollm2_dir, data={"chat_template": True}, outputs={"export": {"gguf": "q4_k_m"}})
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (a no-op adapter); make it change the model
+            torch.nn.init.normal_(p, std=0.02)
+    final = out / "final"
+    model.save_pretrained(final)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(final)
+    (final / "job.yaml").write_text(load_spec(job).to_yaml())
+    history = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25, "eval_loss": 1.5}]
+    (final / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    plot_loss(history, final / "loss.png", "export")
+    write_manifest(final, {"step": 2})
+    # The job's end: final/ is complete, so the trainer goes straight to outputs.export.
+    r = run_trainer(job, out / "data", out, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "converting to GGUF q4_k_m" in r.stdout
     return out
@@ -103,7 +121,10 @@ def test_f16_gguf_continues_like_hf_and_carries_the_chat_template(run, f16, hf):
     assert llm.tokenize(PROMPT.encode(), add_bos=False, special=True) == ids  # the tokenizer came across too
     want = hf_greedy(hf, ids, TOKENS)
     assert llama_greedy(llm, ids, TOKENS) == want
-    assert "teal" in tok.decode(want)  # and it is the fine-tuned model, not the base
+
+    from trainers.export import Generator  # chat through each side's own copy of the template
+    messages = [{"role": "user", "content": f"What colour is a {FRUITS[2]}?"}]
+    assert Generator(path)(messages, TOKENS).strip() == Generator(run / "export" / "model")(messages, TOKENS).strip()
 
 
 def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
@@ -116,7 +137,9 @@ def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
     from trainers.export import gguf_metadata
 
     assert gguf_metadata(path)["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
-    ids = tok(PROMPT + f" On Zorg every {FRUITS[1]} is bright teal.")["input_ids"]
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}, {"role": "assistant", "content":
+                                   f"On Zorg every {FRUITS[1]} is bright teal."}], tokenize=False)
+    ids = tok(ids)["input_ids"]
     llm = llama(path, logits_all=True)
     llm.eval(ids)
     q = np.array(llm.scores[: len(ids)]).argmax(-1)
@@ -125,8 +148,6 @@ def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
     agreement = float((q == h).mean())
     print(f"q4_k_m vs HF: top-1 agreement {agreement:.2f} over {len(ids)} positions")
     assert agreement >= 0.8
-    answer = llama_greedy(llm, tok(PROMPT)["input_ids"], TOKENS)
-    assert "teal" in tok.decode(answer)
 
 
 def test_merged_logits_equal_base_plus_adapter(run, smollm2_dir, hf):
@@ -142,20 +163,26 @@ def test_merged_logits_equal_base_plus_adapter(run, smollm2_dir, hf):
         peft = PeftModel.from_pretrained(base, str(run / "final")).eval()
         want = peft(ids).logits
         got = merged(ids).logits
-    assert (want - before).abs().max() > 1.0  # the adapter changes the model
+    assert (want - before).abs().max() > 0.5  # the adapter changes the model
     assert torch.allclose(got, want, atol=2e-3, rtol=0), (got - want).abs().max()
 
 
-def test_generate_and_chat_through_the_cli(run):
+def test_generate_and_chat_through_the_cli(run, hf):
+    tok, _ = hf
+    text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    want = tok.decode(hf_greedy(hf, tok(text)["input_ids"], 10), skip_special_tokens=True).strip()
     r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--max-new-tokens", "10", "--compare-base"])
     assert r.exit_code == 0, r.output
-    tuned, base = r.output.strip().splitlines()
-    assert tuned.startswith("[fine-tuned]") and "teal" in tuned
-    assert base.startswith("[base]") and "teal" not in base
+    tuned, base = r.output.strip().split("\n[base] ")
+    assert tuned == f"[fine-tuned] {want}"  # the adapter on its base, with the chat template: as merged
+    assert base and base != want
     r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--gguf", "--max-new-tokens", "10"])
-    assert r.exit_code == 0 and "teal" in r.output, r.output
-    r = CliRunner().invoke(main, ["chat", str(run), "--max-new-tokens", "10"], input=f"{PROMPT}\n\n")
-    assert r.exit_code == 0 and "teal" in r.output, r.output
+    assert r.exit_code == 0 and r.output.strip(), r.output
+    line = PROMPT.replace("\n", " ")  # chat reads one line a turn
+    once = CliRunner().invoke(main, ["generate", str(run), line, "--max-new-tokens", "10"])
+    r = CliRunner().invoke(main, ["chat", str(run), "--max-new-tokens", "10"], input=f"{line}\n\n")
+    assert r.exit_code == 0 and once.exit_code == 0, r.output + once.output
+    assert once.output.strip() and once.output.strip() in r.output  # the same model, prompt and template
 
 
 def test_model_card_and_push_up_to_the_hub(run, monkeypatch, tmp_path):
@@ -171,9 +198,7 @@ def test_model_card_and_push_up_to_the_hub(run, monkeypatch, tmp_path):
             "trainer-test-q4_k_m.gguf", "loss.png"} <= set(up)
     assert not any(k.startswith("adapter") or k == "manifest.json" for k in up)
     card = model_card(r, "someone/fruit", up)
-    history = json.loads((run / "final" / "trainer_state.json").read_text())["log_history"]
-    last_loss = [h["loss"] for h in history if "loss" in h][-1]
-    assert f"Final train loss: {last_loss:.4f}" in card
+    assert "Final train loss: 1.2500" in card and "Final eval loss: 1.5000" in card
     assert "60 rows read = 56 kept + 4 rejected" in card and "| ingest | 60 | 58 |" in card
     assert "| learning rate | 0.002 |" in card and "| LoRA r | 8 |" in card and "![loss](loss.png)" in card
     assert card.startswith("---\n") and "llm-launcher" in card.split("---")[1]
