@@ -140,11 +140,13 @@ def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
     ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}, {"role": "assistant", "content":
                                    f"On Zorg every {FRUITS[1]} is bright teal."}], tokenize=False)
     ids = tok(ids)["input_ids"]
+    import llama_cpp
+
     llm = llama(path)
     q = []
     for t in ids:  # one token a step: logits_all=True crashes llama-cpp-python 0.3.36's decode
         llm.eval([t])
-        q.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        q.append(int(np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).argmax()))
     q = np.array(q)
     with torch.no_grad():
         h = model(torch.tensor([ids])).logits[0].argmax(-1).numpy()
