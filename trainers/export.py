@@ -309,7 +309,9 @@ class Generator:
             return
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
 
+        logging.disable_progress_bar()  # the replies are the output here
         self.tok = AutoTokenizer.from_pretrained(self.path)
         if (self.path / "adapter_config.json").is_file():
             from peft import PeftModel
