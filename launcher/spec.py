@@ -134,9 +134,32 @@ class ImageConfig(Section):
         None, description="Folder or URL of wheels to build from offline (no PyPI); default: PyPI.")
 
 
+# GGUF types `launcher export --gguf` and outputs.export.gguf accept: what llama.cpp's converter
+# writes itself (f32, f16, bf16, q8_0) and what its quantizer makes without an importance matrix.
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
+              "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs")
+
+
+def check_gguf_type(v: str) -> str:
+    if v.lower() not in GGUF_TYPES:
+        hint = difflib.get_close_matches(v.lower(), GGUF_TYPES, n=1)
+        raise ValueError(f"unknown GGUF type {v!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" (known: {', '.join(GGUF_TYPES)})")
+    return v.lower()
+
+
+class ExportConfig(Section):
+    gguf: str | None = Field(None, description="Also write a GGUF file of this type (f16, q8_0, q4_k_m ...) for llama.cpp.")
+
+    _gguf = field_validator("gguf")(lambda cls, v: v if v is None else check_gguf_type(v))
+
+
 class OutputsConfig(Section):
     dir: str = Field("runs/{name}", description="Local folder for data, logs and checkpoints ({name} = job name).")
     bucket: str | None = Field(None, description="s3://... or gs://... where cloud jobs upload checkpoints.")
+    export: ExportConfig | None = Field(
+        None, description="At the end of the job: merge the adapter and write OUT/export (HF model, GGUF), "
+                          "e.g. {gguf: q4_k_m}; see `launcher export`.")
 
     @field_validator("dir")
     @classmethod

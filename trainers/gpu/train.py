@@ -80,6 +80,11 @@ def check_method(spec, cuda: bool) -> None:
     if report != "none" and not any(importlib.util.find_spec(m) for m in {"wandb": ["wandb"],
                                     "tensorboard": ["tensorboard", "tensorboardX"]}[report]):
         raise InputError(f"train.report_to: {report} needs the {report} package (pip install {report})")
+    gguf = spec.outputs.export.gguf if spec.outputs.export else None
+    if gguf and gguf not in ("f32", "f16", "bf16", "q8_0") and importlib.util.find_spec("llama_cpp") is None:
+        raise InputError(f"outputs.export.gguf: {gguf} needs llama.cpp's quantizer on the training machine "
+                         "(pip install 'llm-launcher[export]'); use f16, bf16 or q8_0 here and "
+                         f"`launcher export RUN --gguf {gguf}` at home")
     if spec.train.fsdp and spec.method != "full":
         raise InputError(f"train.fsdp: FSDP is for method: full; {spec.method} trains a small adapter, "
                          "which DDP across GPUs already handles")
@@ -170,6 +175,14 @@ def build_training_args(spec, out: Path, **kw):
 
 # -- model ---------------------------------------------------------------------------------------
 
+def qlora_config(compute_dtype):
+    """QLoRA's 4-bit NF4 base; trainers/export.py loads it the same way to dequantize before a merge."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 def load_model(spec, model_path: str, precision: str, attn: str):
     import torch
     from transformers import AutoModelForCausalLM
@@ -177,11 +190,7 @@ def load_model(spec, model_path: str, precision: str, attn: str):
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     kw: dict = {"attn_implementation": attn}
     if spec.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=half or torch.bfloat16)
+        kw["quantization_config"] = qlora_config(half or torch.bfloat16)
         kw["dtype"] = half or torch.bfloat16
         kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     elif spec.method == "lora" and half is not None:
@@ -304,7 +313,8 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     from transformers import AutoTokenizer, Trainer, set_seed
 
     from launcher.manifest import is_complete
-    from launcher.models import ModelError, resolve_model
+    from launcher.errors import LauncherError
+    from launcher.models import resolve_model
     from trainers.gpu.callbacks import CompleteCheckpoints, PrintProgress
     from trainers.gpu.data import DataError, PackedCollator, load_split
     from trainers.gpu.final import write_final
@@ -313,7 +323,7 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     check_method(spec, cuda)
     if is_complete(out / "final"):
         print(f"{out / 'final'} is complete already; nothing to do (delete it to train again)", flush=True)
-        return EXIT_OK
+        return run_export(spec, out)  # a job stopped while exporting finishes that here
     precision = resolve_precision(spec.train.precision, cuda, cuda and torch.cuda.is_bf16_supported())
     attn = resolve_attention(spec.train.attn_implementation, cuda)
     try:
@@ -323,7 +333,11 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
         raise InputError(str(e)) from None
     try:
         model_path = resolve_model(spec.model)
-    except ModelError as e:
+        if spec.outputs.export is not None:
+            from trainers.export import check_family
+
+            check_family(model_path)  # refused now, not after hours of training
+    except LauncherError as e:
         raise InputError(str(e)) from None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -376,6 +390,31 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
         trainer.evaluate()  # the final eval loss goes into the history and the loss curve
     write_final(trainer, spec, tokenizer, out, model_path, precision, val_ds if val_ds is not None else train_ds,
                 upload=bucket_uploader(spec, "final"))
+    return run_export(spec, out) if trainer.is_world_process_zero() else EXIT_OK
+
+
+def run_export(spec, out: Path) -> int:
+    """outputs.export: merge and convert on this machine, so that what comes home is ready to use.
+
+    OUT/export gets its own manifest, so sync brings it home (and the bucket holds it) like a checkpoint.
+    """
+    want = spec.outputs.export
+    if want is None:
+        return EXIT_OK
+    from trainers.export import ExportError, export_run, exported
+
+    have = exported(out)
+    if have is not None and (want.gguf is None or f"{spec.name}-{want.gguf}.gguf" in have["gguf"]):
+        print(f"{out / 'export'} is complete already", flush=True)
+        return EXIT_OK
+    try:
+        export_run(out, gguf=want.gguf, log=lambda m: print(m, flush=True))
+    except ExportError as e:
+        print(f"error: outputs.export: {e} (the final model is complete in {out / 'final'})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    upload = bucket_uploader(spec, "export")
+    if upload is not None:
+        upload(out / "export")
     return EXIT_OK
 
 
