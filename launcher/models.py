@@ -71,37 +71,50 @@ def resolve_model(ref: str) -> str:
     return str(gguf_to_hf(path))
 
 
+def cached_build(name: str, done: str, build) -> Path:
+    """The cache folder NAME, made once by `build(tmp)` into a scratch folder that then takes its
+    name: complete when it holds `done`. Under a lock, so that two jobs starting together build it
+    once and neither reads it half made."""
+    out = _cache_root() / name
+    if (out / done).exists():
+        return out
+    with open(_cache_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / done).exists():
+            return out
+        tmp = out.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out
+
+
 def gguf_to_hf(gguf: Path) -> Path:
     st = gguf.stat()
     major = importlib.metadata.version("transformers").split(".")[0]
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}:transformers{major}".encode()).hexdigest()[:12]
-    out = _cache_root() / f"{gguf.stem}-{key}"
-    if (out / "config.json").exists():
-        return out
-    with open(_cache_root() / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (out / "config.json").exists():
-            return out
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    return cached_build(f"{gguf.stem}-{key}", "config.json", lambda tmp: _convert_gguf(gguf, tmp))
 
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The weights are already de-quantized to float; transformers still marks the model as
-        # "gguf-quantized" and refuses to save it, so drop that mark.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        _repair_from_gguf(gguf, model, tok)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        # 4.x saves a copy of the whole GGUF file as "tokenizer.model"; no tokenizer can read it.
-        junk = tmp / "tokenizer.model"
-        if junk.is_file() and junk.open("rb").read(4) == b"GGUF":
-            junk.unlink()
-        os.replace(tmp, out)
-    return out
+
+def _convert_gguf(gguf: Path, tmp: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already de-quantized to float; transformers still marks the model as
+    # "gguf-quantized" and refuses to save it, so drop that mark.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _repair_from_gguf(gguf, model, tok)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    # 4.x saves a copy of the whole GGUF file as "tokenizer.model"; no tokenizer can read it.
+    junk = tmp / "tokenizer.model"
+    if junk.is_file() and junk.open("rb").read(4) == b"GGUF":
+        junk.unlink()
 
 
 def _repair_from_gguf(gguf: Path, model, tok) -> None:

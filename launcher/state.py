@@ -125,15 +125,20 @@ def save(job: Job) -> Job:
     return job
 
 
+def _read_for_write(con, job_id: str) -> Job:
+    """The job's row, read inside a write transaction that this opens (KeyError if none)."""
+    con.execute("BEGIN IMMEDIATE")
+    row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
+    if row is None:
+        con.execute("ROLLBACK")
+        raise KeyError(job_id)
+    return _job(row)
+
+
 def update(job_id: str, **changes) -> Job:
     """Change some fields of one job atomically (read-modify-write inside one transaction)."""
     with _db() as con:
-        con.execute("BEGIN IMMEDIATE")
-        row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            con.execute("ROLLBACK")
-            raise KeyError(job_id)
-        job = _job(row)
+        job = _read_for_write(con, job_id)
         for k, v in changes.items():
             setattr(job, k, v)
         con.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})", _row(job))
@@ -149,12 +154,7 @@ def transition(job_id: str, new: str, **changes) -> Job:
     if new not in STATES:
         raise ValueError(f"unknown job state {new!r}")
     with _db() as con:
-        con.execute("BEGIN IMMEDIATE")
-        row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            con.execute("ROLLBACK")
-            raise KeyError(job_id)
-        job = _job(row)
+        job = _read_for_write(con, job_id)
         if new != job.state and new not in NEXT.get(job.state, ()):
             con.execute("ROLLBACK")
             return job

@@ -17,7 +17,6 @@ launcher module but the spec, the manifest and the model resolution (and their e
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import importlib.util
 import json
@@ -141,22 +140,14 @@ def converter() -> Path:
 
     The version is the installed llama-cpp-python's, so that converter and quantizer agree.
     """
-    from launcher.models import _cache_root
+    from launcher.models import cached_build
 
     try:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
         version = LLAMA_CPP_PYTHON
-    root = _cache_root() / f"llama.cpp-convert-{version}"
-    if (root / "convert_hf_to_gguf.py").is_file():
-        return root
-    with open(_cache_root() / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (root / "convert_hf_to_gguf.py").is_file():
-            return root
-        tmp = root.with_name(root.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def fetch(tmp: Path) -> None:
         got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-python",
                               f"llama-cpp-python=={version}", "-d", str(tmp)], capture_output=True, text=True)
         sdists = list(tmp.glob("llama_cpp_python-*.tar.gz"))
@@ -171,8 +162,8 @@ def converter() -> Path:
                     m.name = rel
                     tar.extract(m, tmp, filter="data")
         sdists[0].unlink()
-        os.replace(tmp, root)
-    return root
+
+    return cached_build(f"llama.cpp-convert-{version}", "convert_hf_to_gguf.py", fetch)
 
 
 def gguf_ftype(qtype: str) -> int:
