@@ -139,11 +139,13 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     env = slurm_env
 
     # Four jobs: the main one, which the test follows, syncs and takes down itself; a short one
-    # whose cluster must go away by itself (autodown) as soon as it is idle; one interrupted while
-    # provisioning and stopped by `down`; and, once autodown has happened, one followed and
+    # whose cluster must go away by itself (autodown) as soon as it is idle; and, once autodown has
+    # happened, one interrupted while provisioning and stopped by `down`, and one followed and
     # Ctrl-C'd, left to the watcher that the interrupt starts (no bucket: checkpoints live only on
     # the cluster). All share one Slurm node as one user, and there a cluster's teardown was seen to
     # stop another cluster's skylet (which runs autodown): so nothing goes down before the autodown.
+    # Nor does anything run meanwhile: a running job's session (a terminal on the shared node)
+    # counts as activity for every cluster's autostop (SkyPilot's default `jobs_and_ssh`).
     #
     # The main job's file says cloud local, 40 steps, LoRA rank 16; the command line overrides all
     # three, and the node must run what the command line says.
@@ -155,15 +157,6 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
                            "--set", "train.save_steps=2", "--set", "lora.r=4", "--detach", "--no-watch").stdout)
     jid2 = _job_id(launcher(env, "submit", str(job2), "--cloud", "slurm", "--detach", "--no-watch").stdout)
     cluster, cluster2 = f"launcher-{jid}", f"launcher-{jid2}"
-
-    # Ctrl-C while SkyPilot provisions: the machine comes up all the same, and the record knows it.
-    code, said = _interrupted(env, ["submit", str(job4), "--cloud", "slurm", "--detach", "--no-watch"],
-                              r"launch|provision|cluster", timeout=120)
-    assert code == 130, said[-3000:]
-    m = re.search(r"(sl-stop-\w+): SkyPilot goes on launching cluster (launcher-sl-stop-\w+)", said)
-    assert m and f"launcher down {m.group(1)}" in said, said[-3000:]
-    jid4, cluster4 = m.groups()
-    assert "FAILED" not in launcher(env, "status", jid4).stdout
 
     follow = launcher(env, "logs", "-f", jid, timeout=1200, check=False)
     assert follow.returncode == 0, follow.stdout[-6000:] + follow.stderr[-3000:]
@@ -185,6 +178,15 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     while cluster2 in _clusters(env) and time.time() < deadline:
         time.sleep(10)
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
+
+    # Ctrl-C while SkyPilot provisions: the machine comes up all the same, and the record knows it.
+    code, said = _interrupted(env, ["submit", str(job4), "--cloud", "slurm", "--detach", "--no-watch"],
+                              r"launch|provision|cluster", timeout=120)
+    assert code == 130, said[-3000:]
+    m = re.search(r"(sl-stop-\w+): SkyPilot goes on launching cluster (launcher-sl-stop-\w+)", said)
+    assert m and f"launcher down {m.group(1)}" in said, said[-3000:]
+    jid4, cluster4 = m.groups()
+    assert "FAILED" not in launcher(env, "status", jid4).stdout
 
     # The interrupted job runs; `down` stops it with SIGTERM, waits for its stop checkpoint,
     # brings it home verified, then takes the cluster down.
