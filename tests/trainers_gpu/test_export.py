@@ -180,7 +180,7 @@ def test_generate_and_chat_through_the_cli(run, hf):
     assert r.exit_code == 0, r.output
     tuned, base = r.output.strip().split("\n[base] ")
     assert tuned == f"[fine-tuned] {want}"  # the adapter on its base, with the chat template: as merged
-    assert base and base != want
+    assert base  # a random adapter need not change a 10-token reply, so only that the base answered too
     r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--gguf", "--max-new-tokens", "10"])
     assert r.exit_code == 0 and r.output.strip(), r.output
     line = PROMPT.replace("\n", " ")  # chat reads one line a turn
