@@ -144,8 +144,8 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     # Ctrl-C'd, left to the watcher that the interrupt starts (no bucket: checkpoints live only on
     # the cluster). All share one Slurm node as one user, and there a cluster's teardown was seen to
     # stop another cluster's skylet (which runs autodown): so nothing goes down before the autodown.
-    # Nor does anything run meanwhile: a running job's session (a terminal on the shared node)
-    # counts as activity for every cluster's autostop (SkyPilot's default `jobs_and_ssh`).
+    # Nor does anything run meanwhile: with another cluster's job running on the node, the idle
+    # cluster's autodown was seen not to fire within 10 minutes (cause not pinned down).
     #
     # The main job's file says cloud local, 40 steps, LoRA rank 16; the command line overrides all
     # three, and the node must run what the command line says.
