@@ -17,6 +17,7 @@ launcher module but the spec, the manifest and the model resolution (and their e
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -282,6 +283,30 @@ def exported(run_dir: Path) -> dict | None:
 
 # -- trying it -------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _plain_cpu_layout():
+    """Load GGUF weights without llama.cpp's CPU repacking ("extra buffer types"). With it,
+    llama-cpp-python 0.3.36 crashed (SIGSEGV) decoding any batch of more than one token of a
+    Q4_K_M SmolLM2 on our 2-core x86 test machine, while f16 and one token at a time ran; the plain
+    layout computes the same numbers, a little slower. Llama() takes no such argument, so its
+    default model parameters are swapped for the load."""
+    import llama_cpp.llama as llama_module
+
+    low = llama_module.llama_cpp
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
 class Generator:
     """Greedy replies from an HF model folder (adapter or full) or a GGUF file.
 
@@ -296,7 +321,8 @@ class Generator:
                 from llama_cpp import Llama
             except ImportError:
                 raise ExportError("trying a GGUF needs llama-cpp-python: pip install 'llm-launcher[export]'") from None
-            self.llm = Llama(model_path=str(self.path), n_ctx=2048, verbose=False, seed=0)
+            with _plain_cpu_layout():
+                self.llm = Llama(model_path=str(self.path), n_ctx=2048, verbose=False, seed=0)
             return
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
