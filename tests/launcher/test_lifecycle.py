@@ -213,7 +213,10 @@ def test_wandb_unreachable_goes_offline_with_one_warning(tmp_path, monkeypatch, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     for k in ("WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_PROJECT", "WANDB_DIR"):
-        monkeypatch.delenv(k, raising=False)
+        # set, then deleted: monkeypatch then restores even a variable that was not set before, so
+        # what setup_wandb writes into os.environ does not leak into the tests after this one
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     spec = load_spec(QUICKSTART, [("train.report_to", "wandb")])
