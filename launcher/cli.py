@@ -130,8 +130,10 @@ def main():
     Run it here:             launcher submit job.yaml            (--cloud local, the default)
     Run it on a cloud GPU:   launcher submit job.yaml --cloud lambda --gpus A100:1
     Run it on a TPU VM:      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
+    Will it fit, what cost:  launcher estimate job.yaml --gpus A100:1   (launcher clouds: where)
     Follow and fetch:        launcher status | launcher logs -f JOB | launcher sync JOB
     Stop paying:             launcher down JOB | launcher down --idle 30m
+    Use the model:           launcher export JOB --gguf q4_k_m | launcher chat JOB
     """
 
 

@@ -89,3 +89,16 @@ def test_spec_checks_the_cloud_against_the_registry(tmp_path):
     with pytest.raises(SpecError, match=r":2: resources.cloud: must be one of .*did you mean 'runpod'"):
         load_spec(p, clouds=backends.names())
     assert load_spec(p).resources.cloud == "runpd"  # the ground floor itself knows no providers
+
+
+def test_launcher_clouds_lists_every_provider_and_what_it_cannot_do():
+    from click.testing import CliRunner
+
+    from launcher.cli import main
+
+    r = CliRunner().invoke(main, ["clouds"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line for line in r.output.splitlines()[1:] if line.strip()}
+    assert set(rows) == set(backends.names())
+    for b in backends.all_backends():
+        assert all(cap in rows[b.name] for cap in b.cannot), rows[b.name]
