@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
+from launcher.errors import DataError  # prepared data the trainer cannot use: one line naming the folder
+
 REQUIRED = ("input_ids", "labels", "position_ids")
 IGNORE = -100
-
-
-class DataError(Exception):
-    """Prepared data the trainer cannot use; str() is one line naming the folder."""
 
 
 def load_split(data_dir: str | Path, split: str, required: bool = True, with_length: bool = False):

@@ -20,9 +20,7 @@ import json
 import os
 from pathlib import Path
 
-
-class DataError(Exception):
-    """Prepared data that cannot be used; names the file and line."""
+from launcher.errors import DataError  # prepared data that cannot be used: names the file and line
 
 
 def fields_for(fmt: str) -> list[str]:
