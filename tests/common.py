@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -37,3 +39,10 @@ def quickstart_copy(dst: Path, **sections) -> Path:
     if not sections:
         return Path(shutil.copy(src / "job.yaml", dst / "job.yaml"))
     return write_job(dst / "job.yaml", yaml.safe_load((src / "job.yaml").read_text()), **sections)
+
+
+def loaded_by(module: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of `candidates` importing `module` loads, in a fresh process (a start-up cost test)."""
+    code = f"import sys, {module}; print(sorted(m for m in {candidates!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    return eval(out)  # a list literal printed by the child

@@ -187,10 +187,6 @@ def test_unknown_accelerator_is_one_line(tmp_path):
 
 
 def test_estimator_imports_nothing_heavy():
-    import subprocess
-    import sys
+    from common import loaded_by
 
-    code = ("import sys, launcher.estimate\n"
-            "print([m for m in ('torch', 'transformers', 'sky', 'gguf', 'pydantic') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    assert out.strip() == "[]"
+    assert loaded_by("launcher.estimate", ("torch", "transformers", "sky", "gguf", "pydantic")) == []

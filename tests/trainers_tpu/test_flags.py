@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -125,10 +123,9 @@ def test_text_format_and_long_sequences(smollm2_config):
 
 
 def test_renderer_imports_no_heavy_library():
-    code = ("import sys, trainers.tpu.flags; "
-            "print(sorted(m for m in ('torch', 'jax', 'numpy', 'transformers', 'launcher.cli') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert r.stdout.strip() == "[]"
+    from common import loaded_by
+
+    assert loaded_by("trainers.tpu.flags", ("torch", "jax", "numpy", "transformers", "launcher.cli")) == []
 
 
 def test_every_train_field_is_mapped_or_refused():
