@@ -357,10 +357,12 @@ def supervise(job_id: str) -> int:
     stop_requested = False
     child = None
 
+    # The handler only passes the stop on. It must not write the state store: the signal can land
+    # inside the loop's own write transaction below, and a second writer in the same process then
+    # waits on that transaction's lock until it fails, leaving the trainer unstopped.
     def forward(signum, _frame):
         nonlocal stop_requested
         stop_requested = True
-        state.transition(job_id, "STOPPING")
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
 
@@ -383,6 +385,7 @@ def supervise(job_id: str) -> int:
     if stop_requested:
         child.send_signal(signal.SIGTERM)
     stage = out / STAGE
+    recorded = None  # what this loop last wrote: each change is written once
     while True:
         try:
             code = child.wait(timeout=0.5)
@@ -390,10 +393,12 @@ def supervise(job_id: str) -> int:
         except subprocess.TimeoutExpired:
             pass
         try:
-            if stage.read_text().strip() == "training":
-                state.transition(job_id, "TRAINING")
+            now = "STOPPING" if stop_requested else "TRAINING" if stage.read_text().strip() == "training" else None
         except OSError:
-            pass
+            now = "STOPPING" if stop_requested else None
+        if now and now != recorded:
+            state.transition(job_id, now)
+            recorded = now
     if stop_requested and code == -signal.SIGTERM:
         code = EXIT_STOPPED  # it ended on the stop it was asked for
     final, extra = _final(code, out, log)

@@ -226,6 +226,45 @@ def test_wandb_unreachable_goes_offline_with_one_warning(tmp_path, monkeypatch, 
     assert len(err) == 1 and "unreachable" in err[0] and "training goes on" in err[0]
 
 
+# -- the supervisor's stop ----------------------------------------------------------------------
+
+# supervise() with a stand-in entry command (it says it is training and exits 75 on SIGTERM), and
+# `down`'s SIGTERM delivered at the worst moment: inside the supervisor's own state-store write.
+_SUPERVISE_WITH_A_STOP_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from launcher import state
+from launcher.backends import local
+
+out = Path(sys.argv[2])
+child = ("import signal, sys, time, pathlib; pathlib.Path(sys.argv[1]).write_text('training'); "
+         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); time.sleep(120); sys.exit(3)")
+local.entry_command = lambda job_yaml, out, base_dir: [sys.executable, "-c", child, str(out / local.STAGE)]
+read_for_write = state._read_for_write
+def stop_mid_write(con, job_id):
+    job = read_for_write(con, job_id)  # the write transaction is open now
+    if (out / local.STAGE).exists() and not os.environ.get("STOP_SENT"):
+        os.environ["STOP_SENT"] = "1"
+        os.kill(os.getpid(), signal.SIGTERM)
+    return job
+state._read_for_write = stop_mid_write
+sys.exit(local.supervise(sys.argv[1]))
+"""
+
+
+def test_a_stop_that_lands_inside_the_supervisors_own_write_still_stops_the_job(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "job.yaml").write_text(QUICKSTART.read_text())
+    state.save(state.Job(id="mid-1", name="mid", cloud="local", spec_yaml="", output_dir=str(out),
+                         extra={"job_file": str(QUICKSTART)}))
+    r = subprocess.run([sys.executable, "-c", _SUPERVISE_WITH_A_STOP_MID_WRITE, "mid-1", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    job = state.get("mid-1")
+    assert r.returncode == 75, (r.returncode, r.stdout, r.stderr[-2000:])
+    assert job.state == "STOPPED" and job.exit_code == 75, job
+
+
 # -- real jobs held in data prep -----------------------------------------------------------------
 
 @pytest.fixture

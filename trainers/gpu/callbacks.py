@@ -12,9 +12,9 @@ least one complete checkpoint behind.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -39,8 +39,13 @@ class StopOnSignal(TrainerCallback):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C means now
         self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then stopping",
-              file=sys.stderr, flush=True)
+        # os.write, not print: the signal may land while the progress bar is writing to stderr,
+        # and a print then fails with "reentrant call" inside the handler.
+        msg = f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then stopping\n"
+        try:
+            os.write(2, msg.encode())
+        except OSError:
+            pass
 
     def _agreed(self, args) -> bool:
         # Every rank must stop at the same step, or the ones still training wait forever in the

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import posixpath
 import signal
 import sys
@@ -163,8 +164,11 @@ def main() -> None:
     stop = {"now": False}
 
     def on_term(signum, _frame):
-        print(f"[tpu] signal {signum}: saving the train state after this step", flush=True)
         stop["now"] = True
+        try:  # os.write: a print here fails if the signal lands inside another print
+            os.write(1, f"[tpu] signal {signum}: saving the train state after this step\n".encode())
+        except OSError:
+            pass
 
     signal.signal(signal.SIGTERM, on_term)
     load_dataset = llama_train.DatasetFactory.load_dataset
