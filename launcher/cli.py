@@ -336,7 +336,7 @@ Cost table columns (accelerators that fit, and the one asked for, marked *; chea
   CLOUD, ACCELERATORS, INSTANCE   SkyPilot's cheapest instance for that accelerator and count
   MEM/DEVICE    the estimate per device / the device's memory;  FITS  yes or NO
   $/H, SPOT $/H on-demand and spot price per hour, all nodes (SkyPilot's catalog; offline: the
-                catalog excerpts the tests use)
+                catalog excerpts in launcher/catalogs)
   TIME          estimated run time on that row's devices;  TOTAL, SPOT TOTAL  $/h x time
   NOTE          TPU rows train a full fine-tune (EasyLM); tpu-v3-8 is free under a TPU Research
                 Cloud grant

@@ -474,17 +474,19 @@ def priced_clouds() -> dict[str, object]:
     return {b.name: b for b in all_backends() if b.rents_machines and getattr(b, "infra", None)}
 
 
-_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "cloud" / "fixtures" / "catalogs"
+# A handful of real rows per cloud, shipped in the package: an estimate works with no SkyPilot
+# catalog downloaded (no cloud account yet, offline); its prices are dated and say so.
+_EXCERPTS = Path(__file__).resolve().parent / "catalogs"
 
 
 def catalog_dir() -> tuple[Path | None, str]:
     """SkyPilot's downloaded catalogs (where its optimizer reads them), else the excerpts that ship
-    with the tests (offline, a handful of rows per cloud)."""
+    with the package (launcher/catalogs: offline, a handful of rows per cloud)."""
     sky = Path(os.environ.get("SKY_RUNTIME_DIR", "~")).expanduser() / ".sky" / "catalogs" / "v8"
     if any((sky / b.infra / "vms.csv").is_file() for b in priced_clouds().values()):
         return sky, "SkyPilot catalog"
-    if _FIXTURES.is_dir():
-        return _FIXTURES, "offline catalog excerpt"
+    if _EXCERPTS.is_dir():
+        return _EXCERPTS, "offline catalog excerpt"
     return None, "no catalog"
 
 

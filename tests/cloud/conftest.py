@@ -1,7 +1,7 @@
 """Setup for the cloud tests: SkyPilot offline with real catalog excerpts, and the local Slurm cluster.
 
 Before anything imports `sky`, SKY_RUNTIME_DIR points at a fresh folder holding the catalog
-fixtures (tests/cloud/fixtures/catalogs, real rows of SkyPilot's v8 catalogs), and the local API
+excerpts (launcher/catalogs, real rows of SkyPilot's v8 catalogs), and the local API
 server is disabled: a test that would reach a server, or a cloud, fails at once instead of
 launching anything. The Slurm end-to-end test starts its own API server in a separate process.
 """
@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from common import quickstart_copy
+from common import REPO, quickstart_copy
 
-HERE = Path(__file__).resolve().parent
 
 _RUNTIME = Path(tempfile.mkdtemp(prefix="launcher-sky-runtime-"))
-shutil.copytree(HERE / "fixtures" / "catalogs", _RUNTIME / ".sky" / "catalogs" / "v8",
+shutil.copytree(REPO / "launcher" / "catalogs", _RUNTIME / ".sky" / "catalogs" / "v8",
                 ignore=shutil.ignore_patterns("README.md"))
 _ISOLATED_HOME = Path(tempfile.mkdtemp(prefix="launcher-sky-home-"))  # no cloud credentials in it
 for _tmp in (_RUNTIME, _ISOLATED_HOME):

@@ -1,4 +1,4 @@
-"""`launcher estimate`'s cost table against SkyPilot's own optimizer, offline, on the catalog fixtures.
+"""`launcher estimate`'s cost table against SkyPilot's own optimizer, offline, on the catalog excerpts (launcher/catalogs).
 
 The estimator reads the catalog CSVs itself (no `import sky`); for the same request each row's
 price per hour must be the one SkyPilot's optimizer picks when `launcher submit` validates the job.

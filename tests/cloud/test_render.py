@@ -1,7 +1,7 @@
 """Rendering and validation of SkyPilot tasks, offline, for every cloud, and bad input.
 
 Each case renders the job spec to a SkyPilot task and has SkyPilot check it for real: its JSON
-schema, then its optimizer against real catalog rows (tests/cloud/fixtures/catalogs). Nothing
+schema, then its optimizer against real catalog rows (launcher/catalogs). Nothing
 can launch: the API server is disabled (conftest), so a stray launch would fail the test.
 """
 from __future__ import annotations
