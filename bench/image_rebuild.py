@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,21 +30,14 @@ def main() -> None:
         ["bash", str(ROOT / ".ci/docker.sh")], check=True, capture_output=True, text=True).stdout.splitlines() if "=" in line)
     os.environ["DOCKER_HOST"] = env["DOCKER_HOST"]
 
-    from launcher.build import IMAGE_FILES, build, docker_client
+    from launcher.build import build, docker_client, write_context
     from launcher.spec import JobSpec
 
     spec = JobSpec.model_validate({"image": {"name": "llm-launcher-bench", "base": env["LAUNCHER_TEST_BASE"],
                                              "wheelhouse": args.wheelhouse}})
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LAUNCHER_HOME"] = str(Path(tmp) / "home")
-        repo = Path(tmp) / "repo"
-        for entry in IMAGE_FILES["gpu"]:
-            src = ROOT / entry
-            if src.is_dir():
-                shutil.copytree(src, repo / entry, ignore=shutil.ignore_patterns("__pycache__"))
-            elif src.exists():
-                (repo / entry).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, repo / entry)
+        repo = write_context(("gpu",), Path(tmp) / "repo", ROOT)
         t = time.perf_counter()
         cold = build(spec, repo, push=False, progress=False, nocache=True)
         cold_s = time.perf_counter() - t

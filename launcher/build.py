@@ -95,6 +95,16 @@ def context_files(kind: str, repo_root: Path) -> dict[str, bytes]:
     return dict(sorted(files.items()))
 
 
+def write_context(kinds: tuple[str, ...], dest: Path, repo_root: Path = REPO_ROOT) -> Path:
+    """The files the images of `kinds` are built from, written under `dest`: a copy of the
+    repository's image inputs that a benchmark or a test can change and rebuild."""
+    for kind in kinds:
+        for rel, data in context_files(kind, repo_root).items():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(data)
+    return dest
+
+
 def build_args(spec: JobSpec) -> dict[str, str]:
     """Build arguments that change what goes in (the wheelhouse URL is added at build time)."""
     return {"BASE": spec.image.base} if spec.image.base else {}

@@ -1,26 +1,18 @@
 """`launcher build`'s user-facing failures and its content tag, without building anything."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from launcher.build import IMAGE_FILES, BuildError, build, content_tag, recorded_image, require_image
+from launcher.build import BuildError, build, content_tag, recorded_image, require_image, write_context
 from launcher.spec import JobSpec
 
 from common import REPO
 
 
 def _copy(tmp: Path) -> Path:
-    for entry in sorted(set(IMAGE_FILES["gpu"]) | set(IMAGE_FILES["tpu"])):
-        src = REPO / entry
-        if src.is_dir():
-            shutil.copytree(src, tmp / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (tmp / entry).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, tmp / entry)
-    return tmp
+    return write_context(("gpu", "tpu"), tmp, REPO)
 
 
 def test_content_tag_follows_code_pins_and_base_but_not_caches(tmp_path):

@@ -54,18 +54,11 @@ def _check_checkpoint(out: Path, steps: int) -> None:
 @pytest.fixture(scope="module")
 def changed_image(gpu_image, image_spec_data, tmp_path_factory):
     """The image rebuilt after a one-line code change, with the job's secrets set in this process."""
-    from launcher.build import IMAGE_FILES, build, content_tag
+    from launcher.build import build, content_tag, write_context
     from launcher.spec import JobSpec
 
     image, home = gpu_image
-    repo = tmp_path_factory.mktemp("repo")
-    for entry in IMAGE_FILES["gpu"]:
-        src = REPO / entry
-        if src.is_dir():
-            shutil.copytree(src, repo / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (repo / entry).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / entry)
+    repo = write_context(("gpu",), tmp_path_factory.mktemp("repo"), REPO)
     with open(repo / "trainers/entry.py", "a") as f:
         f.write("# a one-line code change\n")
     spec = JobSpec.model_validate({"image": image_spec_data})
