@@ -77,6 +77,16 @@ def _infra_cloud(infra: str):
 
 # -- offline checks -------------------------------------------------------------------------------
 
+def upload_excluded(folder: Path) -> set[str]:
+    """Paths under `folder` (relative, posix) that SkyPilot leaves out when it uploads it as a
+    workdir: by its .skyignore if there is one, else by git's ignore rules. SkyPilot's own reader,
+    so the answer is the upload's."""
+    from sky.data import storage_utils
+
+    with _quiet():
+        return {p.rstrip("/") for p in storage_utils.get_excluded_files(str(folder))}
+
+
 def validate(config: dict, *, optimize: bool = True) -> dict:
     """Check a task dict with SkyPilot's schema, then its optimizer against the catalogs.
 

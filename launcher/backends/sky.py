@@ -42,6 +42,9 @@ NODE_OUT = ".launcher-out"  # the run folder on the node, inside the task's work
 # Where the resolved job file lands on the node, relative to the workdir: SkyPilot copies it there
 # (a file mount) after the workdir, so the user's own job file is uploaded too but never run.
 NODE_JOB = ".launcher/job.yaml"
+# A run folder at home smaller than this may travel with the workdir (logs, a prepared data
+# report); above it, `check_travels` asks for it to be left out of the upload.
+UPLOAD_WARN_BYTES = 50_000_000
 PID_FILE = "entry.pid"  # in the run folder on the node: `down` sends SIGTERM to this process
 STOP_TIMEOUT_S = int(os.environ.get("LAUNCHER_STOP_TIMEOUT", "600"))  # `down`: wait this long for the stop checkpoint
 
@@ -159,12 +162,31 @@ class SkyBackend(Backend):
 
     def check_travels(self, spec: "JobSpec", job_file: Path) -> None:
         """Local data and model paths must lie in the job file's folder: that folder (the task's
-        workdir) is all that is uploaded, and a path outside it would fail only on the paid machine."""
+        workdir) is all that is uploaded, and a path outside it would fail only on the paid machine.
+        And the run folder at home must not travel with it: by default (`runs/{name}`) it lies in
+        that folder, and after a first run it holds checkpoints and a final model, which a second
+        submit would upload whole, for nothing (the node writes its own run folder)."""
         base = job_file.resolve().parent
         for field, value, path in spec.local_inputs(base):
             if path != base and base not in path.parents:
                 raise BackendError(f"{field}: {value} is outside {base}, the job file's folder, which is all that "
                                    f"travels to the {self.name} machine; move it into that folder")
+        home = spec.output_dir(base).resolve()
+        if base not in home.parents or not home.is_dir():
+            return
+        size = sum(f.stat().st_size for f in home.rglob("*") if f.is_file() and not f.is_symlink())
+        if size < UPLOAD_WARN_BYTES:
+            return
+        from launcher import sky_api
+
+        rel = home.relative_to(base)
+        excluded = sky_api.upload_excluded(base)
+        if any(p.as_posix() in excluded for p in (rel, *rel.parents) if p != Path(".")):
+            return
+        raise BackendError(f"outputs.dir: {rel} ({size / 1e6:.0f} MB of an earlier run) lies in {base}, the job "
+                           f"file's folder, which is uploaded whole to the {self.name} machine; keep it out of the "
+                           f"upload with a line `/{rel.parts[0]}/` in {base / '.skyignore'} (or in .gitignore, in a git "
+                           f"repository), or set outputs.dir to a folder outside it")
 
     def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
                  resolved: Path) -> tuple[dict, dict]:

@@ -237,6 +237,31 @@ def test_data_outside_the_job_folder_is_refused_before_launch(quickstart_job, tm
     assert "nothing was launched" in out
 
 
+def test_an_earlier_runs_folder_inside_the_job_folder_does_not_travel(quickstart_job, tmp_path):
+    """The default outputs.dir (runs/{name}) lies in the job file's folder, which is uploaded whole:
+    after a first run it holds checkpoints, which a second submit must not upload again."""
+    folder = quickstart_job.parent
+    sets = [("resources.cloud", "lambda"), ("resources.accelerators", "A100:1"), ("outputs.dir", "runs/{name}")]
+    spec = load_spec(quickstart_job, sets)
+    lambda_ = get_backend("lambda")
+    assert "nothing was launched" in lambda_.dry_run(spec, quickstart_job)  # no earlier run: nothing to say
+    ckpt = folder / "runs" / spec.name / "checkpoints" / "checkpoint-40"
+    ckpt.mkdir(parents=True)
+    with open(ckpt / "optimizer.pt", "wb") as f:
+        f.truncate(60_000_000)  # sparse: its size is what the upload would send
+    with pytest.raises(BackendError, match=r"^outputs\.dir: runs/\S+ \(60 MB of an earlier run\) lies in .*\.skyignore"):
+        lambda_.dry_run(spec, quickstart_job)
+    # Left out of the upload by SkyPilot's own rules: a .skyignore, or git's ignore rules in a repository.
+    (folder / ".skyignore").write_text("/runs/\n")
+    assert "nothing was launched" in lambda_.dry_run(spec, quickstart_job)
+    (folder / ".skyignore").unlink()
+    (folder / ".gitignore").write_text("runs/\n")
+    with pytest.raises(BackendError, match="60 MB of an earlier run"):
+        lambda_.dry_run(spec, quickstart_job)  # not a git repository: SkyPilot does not read .gitignore
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    assert "nothing was launched" in lambda_.dry_run(spec, quickstart_job)
+
+
 # -- what the machine runs, and what would fail only on it ------------------------------------------
 
 def test_overrides_travel_in_the_resolved_job(quickstart_job, launcher_home):
