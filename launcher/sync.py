@@ -89,6 +89,14 @@ def claim(to: str | Path, job_id: str) -> None:
     marker.write_text(job_id + "\n")
 
 
+def hand_over(to: str | Path, job_id: str) -> None:
+    """Make `to` the home of job `job_id`, which continues the run there (it resumes from the
+    checkpoints in it): its own checkpoints come home beside them."""
+    to = Path(to)
+    to.mkdir(parents=True, exist_ok=True)
+    (to / OWNER).write_text(job_id + "\n")
+
+
 # -- the three routes ---------------------------------------------------------------------------
 
 def sync_bucket(url: str, to: str | Path, *, watch: bool = False, done: Callable[[], bool] | None = None,

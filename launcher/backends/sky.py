@@ -138,6 +138,9 @@ class SkyBackend(Backend):
         envs["LAUNCHER_JOB"] = NODE_JOB
         task["file_mounts"] = {NODE_JOB: str(resolved)}
         envs["LAUNCHER_OUT"] = f"{NODE_OUT}/{spec.name}"
+        home_ckpt = self.home_checkpoint(spec, job_file)
+        if home_ckpt is not None:  # the trainer finds it in its run folder and resumes from it
+            task["file_mounts"][f"{NODE_OUT}/{spec.name}/checkpoints/{home_ckpt.name}"] = str(home_ckpt)
         envs["LAUNCHER_PYTHON"] = self.node_python()
         task["secrets"] = dict(secrets)
         if not task["secrets"]:
@@ -146,6 +149,23 @@ class SkyBackend(Backend):
 
     def node_python(self) -> str:
         return "python3"
+
+    def home_checkpoint(self, spec: "JobSpec", job_file: Path) -> Path | None:
+        """The newest complete checkpoint synced home from an earlier run of this job, which a new
+        machine resumes from: a job whose machine was lost (preempted, died, torn down by hand) and
+        is submitted again continues where its checkpoints at home end, as a local job does. With
+        a bucket the trainer fetches from the bucket instead; the TPU trainer resumes from EasyLM's
+        own train state in its gs:// bucket."""
+        if spec.outputs.bucket or spec.resources.is_tpu:
+            return None
+        from launcher.manifest import latest_complete
+
+        return latest_complete(spec.output_dir(job_file.resolve().parent) / "checkpoints")
+
+    def _resume_line(self, ckpt: Path) -> str:
+        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+        return (f"resumes from {ckpt.name} synced home ({ckpt}, {size / 1e6:.0f} MB), uploaded with the job; "
+                f"to start over instead, move {ckpt.parent.parent} away")
 
     # -- the Backend interface ---------------------------------------------------------------
     def check(self, spec: "JobSpec") -> None:
@@ -222,6 +242,9 @@ class SkyBackend(Backend):
         if image_note:
             lines.append(image_note)
         lines += self._command_lines(spec)
+        home_ckpt = self.home_checkpoint(spec, Path(job_file))
+        if home_ckpt is not None:
+            lines.append(f"# {self._resume_line(home_ckpt)}")
         if spec.resources.spot:
             lines.append(f"# --spot: a SkyPilot managed job. When the machine is preempted, SkyPilot's jobs controller "
                          f"relaunches it on a new one, and the trainer resumes from the newest complete checkpoint "
@@ -284,6 +307,13 @@ class SkyBackend(Backend):
         resolved = write_resolved(spec, state.home() / "jobs" / job.id)
         task, plan = self.validate(spec, job_file, secrets=secrets, image=image, resolved=resolved)
         self.preflight(spec)
+        home_ckpt = self.home_checkpoint(spec, job_file)
+        if home_ckpt is not None:
+            from launcher import sync as sync_lib
+
+            # This job continues the run at home: its checkpoints come back into the same folder.
+            sync_lib.hand_over(home_ckpt.parent.parent, job.id)
+            print(f"{job.id}: {self._resume_line(home_ckpt)}", file=sys.stderr, flush=True)
         cluster = cluster_name(job.id)
         price = plan.get("price_per_hour")
         # The record names the cluster before anything is provisioned: from here on, whatever

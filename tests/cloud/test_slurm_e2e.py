@@ -11,6 +11,11 @@ checkpoint. A fourth is followed and Ctrl-C'd: its checkpoints come home through
 that the interrupt starts. A failed last sync (the node made unreachable) keeps the cluster, and
 `down --idle` removes an idle cluster of ours while leaving one that is not ours, even one
 named `launcher-...`. At the end SkyPilot lists no cluster.
+
+Then a machine lost under a running job: its Slurm allocation ends (what SkyPilot sees of a
+reclaimed machine), `status` says so, and the job submitted again continues on a new machine from
+the checkpoints synced home. SkyPilot's managed jobs (which would relaunch it by themselves) need
+spot instances, and SkyPilot's Slurm has none, so this is the closest real run of a preemption here.
 """
 from __future__ import annotations
 
@@ -254,3 +259,53 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
 
     subprocess.run(["sky", "down", "-y", "launcher-byhand"], env=env, capture_output=True, timeout=600)
     assert _clusters(env) == []  # nothing this test made is left billing
+
+
+def _end_allocation(cluster: str) -> list[str]:
+    """End the Slurm job that holds `cluster`'s node, as a reclaimed machine ends: without asking."""
+    q = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=60)
+    ids = [line.split()[0] for line in q.stdout.splitlines() if cluster in line]
+    assert ids, q.stdout
+    subprocess.run(["scancel", "--signal=KILL", "--full", *ids], check=True, timeout=60)
+    subprocess.run(["scancel", *ids], check=True, timeout=60)
+    return ids
+
+
+def test_a_machine_lost_mid_run_continues_from_the_checkpoints_at_home(slurm_env, tmp_path):
+    from launcher.manifest import latest_complete
+
+    env = slurm_env
+    job = _job_file(tmp_path, "sl-lost", steps=400, idle_minutes=20, save_steps=2)
+    jid = _job_id(launcher(env, "submit", str(job), "--cloud", "slurm", "--detach", "--no-watch").stdout)
+    cluster = f"launcher-{jid}"
+    _wait_log(env, jid, r"step ([5-9]|\d\d+)/400", timeout=900)
+    home = tmp_path / "sl-lost-out"
+    launcher(env, "sync", jid)  # into its outputs.dir, as the watcher would
+    kept = latest_complete(home / "checkpoints")
+    assert kept is not None
+    step = int(kept.name.split("-")[1])
+
+    _end_allocation(cluster)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        st = launcher(env, "status", jid, check=False)
+        if st.returncode == 0 and "STOPPED" in st.stdout:
+            break
+        time.sleep(10)
+    assert st.returncode == 0 and "STOPPED" in st.stdout, st.stdout + st.stderr
+
+    # Submitted again: a new machine, which resumes from the checkpoint at home.
+    again = launcher(env, "submit", str(job), "--cloud", "slurm", "--set", f"train.max_steps={step + 2}",
+                     "--detach", "--no-watch")
+    jid2 = _job_id(again.stdout)
+    assert f"resumes from {kept.name} synced home" in again.stderr, again.stderr
+    follow = launcher(env, "logs", "-f", jid2, timeout=1200, check=False)
+    assert follow.returncode == 0, follow.stdout[-6000:] + follow.stderr[-3000:]
+    assert "resuming from" in follow.stdout and f"step {step + 2}/{step + 2}" in follow.stdout, follow.stdout[-4000:]
+    launcher(env, "down", jid2)  # brings it home into the same folder, then takes the machine down
+    final = json.loads((home / "final" / "trainer_state.json").read_text())
+    assert final["global_step"] == step + 2
+    assert min(h["step"] for h in final["log_history"] if "loss" in h and h["step"] > step) == step + 1
+    assert verify(home / "final") == []
+    names = _clusters(env)
+    assert cluster not in names and f"launcher-{jid2}" not in names, names
