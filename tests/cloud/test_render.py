@@ -262,6 +262,32 @@ def test_an_earlier_runs_folder_inside_the_job_folder_does_not_travel(quickstart
     assert "nothing was launched" in lambda_.dry_run(spec, quickstart_job)
 
 
+def test_a_job_submitted_again_takes_its_newest_complete_checkpoint_from_home(quickstart_job, tmp_path):
+    from launcher.manifest import write_manifest
+
+    home = tmp_path / "home-run"
+    spec = load_spec(quickstart_job, [("resources.cloud", "lambda"), ("resources.accelerators", "A100:1"),
+                                      ("outputs.dir", str(home))])
+    for n in (2, 4, 6):
+        c = home / "checkpoints" / f"checkpoint-{n}"
+        c.mkdir(parents=True)
+        (c / "adapter_model.safetensors").write_bytes(b"w" * n)
+        if n < 6:  # checkpoint-6 was cut off while it came home: no manifest, not trusted
+            write_manifest(c, {"step": n})
+    out = get_backend("lambda").dry_run(spec, quickstart_job)
+    task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    node_out = task["envs"]["LAUNCHER_OUT"]
+    assert task["file_mounts"][f"{node_out}/checkpoints/checkpoint-4"] == str(home / "checkpoints" / "checkpoint-4")
+    assert len(task["file_mounts"]) == 2  # the job file and that checkpoint
+    assert "# resumes from checkpoint-4 synced home" in out
+    # With a bucket, the trainer fetches from the bucket: nothing from home travels.
+    spec = load_spec(quickstart_job, [("resources.cloud", "lambda"), ("resources.accelerators", "A100:1"),
+                                      ("outputs.dir", str(home)), ("outputs.bucket", "s3://ckpts/runs")])
+    out = get_backend("lambda").dry_run(spec, quickstart_job)
+    task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    assert list(task["file_mounts"]) == [task["envs"]["LAUNCHER_JOB"]] and "synced home" not in out
+
+
 # -- what the machine runs, and what would fail only on it ------------------------------------------
 
 def test_overrides_travel_in_the_resolved_job(quickstart_job, launcher_home):
