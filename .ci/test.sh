@@ -15,7 +15,7 @@ run() { # run NAME PYTHON PATHS...
   local name=$1 py=$2; shift 2
   echo "=== $name: $* ($(free_gb) GB free in ${TMPDIR:-/tmp})"
   local t0=$SECONDS
-  "$py" -m pytest -q -p no:cacheprovider --junitxml="$reports/$name.xml" "$@" || rc=1
+  "$py" -m pytest -q -p no:cacheprovider --durations=12 --junitxml="$reports/$name.xml" "$@" || rc=1
   echo "=== $name took $((SECONDS - t0))s"
 }
 # The groups, in the order they run; `.ci/test.sh GROUP...` runs only those (make test-train, test-cloud).
