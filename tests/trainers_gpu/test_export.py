@@ -1,10 +1,10 @@
-"""From a finished run to llama.cpp, for real: a LoRA adapter on the real SmolLM2-135M (random
-non-zero weights made with peft: training steps cost minutes on a busy 2-core machine, and the
-merge and conversion do not care how the weights were found) in a run folder whose job file asks
-for `outputs.export: {gguf: q4_k_m}`, exported by the trainer's own end-of-job step; then
-`launcher export RUN --gguf f16`; both loaded by llama.cpp (llama-cpp-python) and compared with
-the HF model; the merge checked against base+adapter; generate/chat/push through the CLI; and the
-one-line refusals. One run (module fixture) serves every test.
+"""From a finished run to llama.cpp, for real: the quickstart, fine-tuned through the CLI as a user
+runs it (`launcher submit examples/quickstart/job.yaml` with a few short-run overrides and
+`outputs.export.gguf=q4_k_m`: data prep, LoRA training of the real SmolLM2-135M, and the trainer's
+own end-of-job export); then `launcher export RUN --gguf f16`; both loaded by llama.cpp
+(llama-cpp-python) and compared with the HF model; the merge checked against base+adapter;
+generate/chat/push through the CLI; and the one-line refusals. One run (module fixture) serves
+every test.
 """
 from __future__ import annotations
 
@@ -15,45 +15,41 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gpu_trainer_helpers import FRUITS, run_trainer, write_job
+from common import REPO
 from launcher.cli import main
 from launcher.manifest import verify, write_manifest
 
 pytest.importorskip("llama_cpp", reason="needs the export extra (llama-cpp-python)")
 
-PROMPT = f"Q: what colour is a {FRUITS[1]} on planet Zorg?\nA:"
+NAME = "qs-export"
+# A training example of the quickstart (examples/quickstart/data/instructions.jsonl)
+PROMPT, ANSWER = "What is 50 plus 23?", "50 plus 23 is 73."
 TOKENS = 12  # greedy tokens compared between HF and llama.cpp
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, smollm2_dir) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def run(tmp_path_factory) -> Path:
+    import os
+    import subprocess
+    import sys
 
-    from launcher.spec import load_spec
-    from trainers.gpu.final import plot_loss
+    out = tmp_path_factory.mktemp("export-run") / "run"
+    env = {**os.environ, "LAUNCHER_HOME": str(tmp_path_factory.mktemp("export-home"))}
 
-    out = tmp_path_factory.mktemp("export-run")
-    job = write_job(out / "job.yaml", smollm2_dir, data={"chat_template": True}, outputs={"export": {"gguf": "q4_k_m"}})
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # peft starts B at zero (a no-op adapter); make it change the model
-            torch.nn.init.normal_(p, std=0.02)
-    final = out / "final"
-    model.save_pretrained(final)
-    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(final)
-    (final / "job.yaml").write_text(load_spec(job).to_yaml())
-    history = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.25, "eval_loss": 1.5}]
-    (final / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    plot_loss(history, final / "loss.png", "export")
-    write_manifest(final, {"step": 2})
-    # The job's end: final/ is complete, so the trainer goes straight to outputs.export.
-    r = run_trainer(job, out / "data", out, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "converting to GGUF q4_k_m" in r.stdout
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
+                           timeout=1500, env=env)
+        assert r.returncode == 0, f"launcher {' '.join(args)} -> {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return r.stdout
+
+    sets = {"name": NAME, "outputs.dir": str(out), "outputs.export.gguf": "q4_k_m", "train.max_steps": "12",
+            "train.eval_steps": "6", "train.save_steps": "12", "train.warmup_steps": "0",
+            "train.learning_rate": "2e-3", "data.max_length": "128", "train.sample_prompts": "1"}
+    submitted = cli("submit", str(REPO / "examples/quickstart/job.yaml"), "--detach",
+                    *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    job_id = next(ln.split()[1] for ln in submitted.splitlines() if ln.startswith("submitted "))
+    log = cli("logs", "-f", job_id)  # exits with the job's exit code: 0
+    assert "converting to GGUF q4_k_m" in log and verify(out / "final") == [], log[-3000:]
     return out
 
 
@@ -102,8 +98,8 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
 def test_job_end_export_is_a_complete_synced_unit(run):
     assert verify(run / "export") == []  # a manifest like a checkpoint's: sync brings it home verified
     manifest = json.loads((run / "export" / "manifest.json").read_text())
-    assert manifest["export"]["gguf"] == ["trainer-test-q4_k_m.gguf"]
-    assert "trainer-test-q4_k_m.gguf" in manifest["files"] and "model/model.safetensors" in manifest["files"]
+    assert manifest["export"]["gguf"] == [f"{NAME}-q4_k_m.gguf"]
+    assert f"{NAME}-q4_k_m.gguf" in manifest["files"] and "model/model.safetensors" in manifest["files"]
     assert (run / "export" / "model" / "chat_template.jinja").is_file()
 
 
@@ -111,7 +107,7 @@ def test_f16_gguf_continues_like_hf_and_carries_the_chat_template(run, f16, hf):
     from trainers.export import gguf_metadata
 
     tok, _ = hf
-    path = f16 / "trainer-test-f16.gguf"
+    path = f16 / f"{NAME}-f16.gguf"
     meta = gguf_metadata(path)
     assert meta["general.architecture"] == "llama"
     assert meta["tokenizer.chat_template"] == tok.chat_template and "<|im_start|>" in meta["tokenizer.chat_template"]
@@ -123,7 +119,7 @@ def test_f16_gguf_continues_like_hf_and_carries_the_chat_template(run, f16, hf):
     assert llama_greedy(llm, ids, TOKENS) == want
 
     from trainers.export import Generator  # chat through each side's own copy of the template
-    messages = [{"role": "user", "content": f"What colour is a {FRUITS[2]}?"}]
+    messages = [{"role": "user", "content": "What is 6 times 8?"}]
     assert Generator(path)(messages, TOKENS).strip() == Generator(run / "export" / "model")(messages, TOKENS).strip()
 
 
@@ -133,12 +129,12 @@ def test_q4_k_m_gguf_stays_close_to_hf(run, hf):
     import torch
 
     tok, model = hf
-    path = run / "export" / "trainer-test-q4_k_m.gguf"
+    path = run / "export" / f"{NAME}-q4_k_m.gguf"
     from trainers.export import gguf_metadata
 
     assert gguf_metadata(path)["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
-    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}, {"role": "assistant", "content":
-                                   f"On Zorg every {FRUITS[1]} is bright teal."}], tokenize=False)
+    ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ANSWER}],
+                                  tokenize=False)
     ids = tok(ids)["input_ids"]
     import llama_cpp
 
@@ -180,7 +176,7 @@ def test_generate_and_chat_through_the_cli(run, hf):
     assert r.exit_code == 0, r.output
     tuned, base = r.output.strip().split("\n[base] ")
     assert tuned == f"[fine-tuned] {want}"  # the adapter on its base, with the chat template: as merged
-    assert base  # a random adapter need not change a 10-token reply, so only that the base answered too
+    assert base  # 12 steps need not change a 10-token reply, so only that the base answered too
     r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--gguf", "--max-new-tokens", "10"])
     assert r.exit_code == 0 and r.output.strip(), r.output
     line = PROMPT.replace("\n", " ")  # chat reads one line a turn
@@ -194,18 +190,22 @@ def test_model_card_and_push_up_to_the_hub(run, monkeypatch, tmp_path):
     from launcher.hub import files, model_card
     from trainers.export import Run
 
-    (run / "data").mkdir(exist_ok=True)
-    (run / "data" / "report.json").write_text(json.dumps({
-        "summary": "60 rows read = 56 kept + 4 rejected", "stages": {"ingest": {"in": 60, "kept": 58}}}))
     r = Run(run)
     up = files(r)
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
-            "trainer-test-q4_k_m.gguf", "loss.png"} <= set(up)
+            f"{NAME}-q4_k_m.gguf", "loss.png"} <= set(up)
     assert not any(k.startswith("adapter") or k == "manifest.json" for k in up)
     card = model_card(r, "someone/fruit", up)
-    assert "Final train loss: 1.2500" in card and "Final eval loss: 1.5000" in card
-    assert "60 rows read = 56 kept + 4 rejected" in card and "| ingest | 60 | 58 |" in card
-    assert "| learning rate | 0.002 |" in card and "| LoRA r | 8 |" in card and "![loss](loss.png)" in card
+    # What the run itself recorded: the trainer's log and data prep's report.
+    history = json.loads((run / "final" / "trainer_state.json").read_text())["log_history"]
+    train = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    assert f"Final train loss: {train[-1]:.4f}" in card and f"Final eval loss: {evals[-1]:.4f}" in card
+    report = json.loads((run / "data" / "report.json").read_text())
+    ingest = report["stages"]["ingest"]
+    assert report["summary"] in card and f"| ingest | {ingest['in']} | {ingest['kept']} |" in card
+    assert "(12 steps)" in card and "| learning rate | 0.002 |" in card and "| LoRA r | 16 |" in card
+    assert "![loss](loss.png)" in card
     assert card.startswith("---\n") and "llm-launcher" in card.split("---")[1]
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
