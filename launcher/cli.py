@@ -418,8 +418,8 @@ def status(job_id, show_all):
                 j = _backend(j.cloud).status(j)
             except (BackendError, UserError) as e:
                 notes.append(f"{j.id}: state unknown: {e.format_message() if isinstance(e, UserError) else e}")
-        if j.state == "FAILED" and j.reason:
-            notes.append(f"{j.id} failed: {j.reason}")
+        if j.state in ("FAILED", "STOPPED") and j.reason:
+            notes.append(f"{j.id} {j.state.lower()}: {j.reason}")
         elif j.extra.get("orphaned") and not j.done:
             notes.append(f"{j.id}: its supervisor was killed but its processes (data prep or trainer) still run; "
                          f"`launcher down {j.id}` stops it")

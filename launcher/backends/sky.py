@@ -62,6 +62,13 @@ _MANAGED_JOB_STATES = {
 }
 
 
+def _spec_of(job: "Job") -> "JobSpec":
+    """The job as it was submitted (the record keeps its resolved spec)."""
+    from launcher.spec import JobSpec
+
+    return JobSpec.model_validate(yaml.safe_load(job.spec_yaml))
+
+
 def cluster_name(job_id: str) -> str:
     from launcher.sky_api import PREFIX
 
@@ -428,8 +435,12 @@ class SkyBackend(Backend):
                                     extra=dict(job.extra, finalized=True))
             if new is None:
                 # The cluster is gone (autodown, or torn down outside the launcher) before we saw the end.
+                bucket = _spec_of(job).outputs.bucket
+                why = ("its cluster was gone before the launcher saw the job end (autodown after it ended, or the "
+                       "machine was lost or taken down outside the launcher); if it had not finished, submit it "
+                       f"again: it continues from its newest checkpoint {'in ' + bucket if bucket else 'synced home'}")
                 return state.update(job.id, state="STOPPED", ended=job.ended or time.time(),
-                                    extra=dict(job.extra, finalized=True))
+                                    extra=dict(job.extra, finalized=True, error=why))
             changes: dict = {"state": new}
             if new == "RUNNING" and not job.extra.get("running_since"):
                 changes["extra"] = dict(job.extra, running_since=time.time())
@@ -489,9 +500,8 @@ class SkyBackend(Backend):
 
     def sync(self, job: "Job", to: Path, *, watch: bool = False) -> SyncResult:
         from launcher import sky_api, sync as sync_lib
-        from launcher.spec import JobSpec
 
-        spec = JobSpec.model_validate(yaml.safe_load(job.spec_yaml))
+        spec = _spec_of(job)
         sync_lib.claim(to, job.id)
 
         def done() -> bool:

@@ -293,6 +293,7 @@ def test_a_machine_lost_mid_run_continues_from_the_checkpoints_at_home(slurm_env
             break
         time.sleep(10)
     assert st.returncode == 0 and "STOPPED" in st.stdout, st.stdout + st.stderr
+    assert f"{jid} stopped: its cluster was gone" in st.stdout and "synced home" in st.stdout, st.stdout
 
     # Submitted again: a new machine, which resumes from the checkpoint at home.
     again = launcher(env, "submit", str(job), "--cloud", "slurm", "--set", f"train.max_steps={step + 2}",
