@@ -218,15 +218,13 @@ def memory(shape: ModelShape, s: Setup, *, fused_update: bool = True) -> Memory:
         working = 0.0
     # One block's weights all-gathered over fsdp in fp32, and their gradient before the reduce-scatter;
     # the token embedding's gradient, scattered into the table's whole fsdp extent.
-    layer_phase = working + 2 * shape.layer_params * 4 / mp + V * H * 4 / mp
+    layer_phase = {"block backward": working, "block weights": 2 * shape.layer_params * 4 / mp,
+                   "embedding grad": V * H * 4 / mp}
     # The head, before the blocks' backward: lm_head gathered in fp32 with its gradient, and the
     # logits' fp32 log-softmax with its gradient (rows x seq x vocab each).
-    head_phase = 2 * H * V * 4 / mp + 2 * b * S * V * 4 / mp
-    backward = {"saved activations": saved}
-    if layer_phase >= head_phase:
-        backward.update({"block backward": working, "gathered block + embedding grad": layer_phase - working})
-    else:
-        backward["lm_head + logits"] = head_phase
+    head_phase = {"lm_head+logits": 2 * H * V * 4 / mp + 2 * b * S * V * 4 / mp}
+    backward = {"activations": saved,
+                **max(layer_phase, head_phase, key=lambda phase: sum(phase.values()))}
     # The optimizer update runs after the backward, with the gradients still held. A TPU compile
     # fuses clip, AdamW and the param update into one in-place pass per tensor (EasyLM's issue 61:
     # Llama-7B with fp32 moments fine-tunes on a 16 GiB v3 core at batch 1, which the buffers below
@@ -234,7 +232,7 @@ def memory(shape: ModelShape, s: Setup, *, fused_update: bool = True) -> Memory:
     # clipped gradients and copies each old first moment before writing the new one in its place.
     update = 0.0 if fused_update else p_bytes / shards + mu
     if update > sum(backward.values()):
-        return Memory({**state, "unfused update (CPU)": update}, "optimizer update")
+        return Memory({**state, "unfused update": update}, "optimizer update")
     return Memory({**state, **backward}, "backward")
 
 
