@@ -22,8 +22,10 @@ import pytest
 
 from common import write_job
 from launcher.manifest import verify
-from tpu_test_helpers import EASYLM_DIR, EASYLM_PYTHON, easylm_env, easylm_import_error, write_prepared
+from tpu_test_helpers import (CONFIGS, EASYLM_DIR, EASYLM_PYTHON, easylm_env, easylm_import_error, hub_job,
+                              write_prepared, xla_mirror)
 from trainers.tpu import data as tpu_data
+from trainers.tpu import flags as tpu_flags
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,6 +88,83 @@ def test_easylm_text_processor_matches_our_tokenize(fmt, tiny_llama, tmp_path):
         got = [json.loads(line) for line in out.splitlines()]
         for ex, (tokens, mask) in zip(examples, got):
             assert (tokens, mask) == tpu_data.tokenize(tok, ex, fmt, prefix)
+
+
+def _state_arrays(leaves: list[dict]) -> tuple[list, int]:
+    """(role, tensor, shape, dtype, spec) of each array of a train state, and how many scalars: the
+    same whatever the nesting (flax/optax's, or xla_llama.py's dicts)."""
+    arrays, scalars = [], 0
+    for leaf in leaves:
+        if not leaf["shape"]:
+            scalars += 1
+            continue
+        parts = leaf["path"].split("/")
+        tensor = "/".join(parts[parts.index("transformer") if "transformer" in parts else parts.index("lm_head"):])
+        role = next(r for r in ("mu", "nu", "acc_grads", "params") if r in parts)
+        spec = list(leaf["spec"])
+        while spec and spec[-1] is None:
+            spec.pop()
+        arrays.append((role, tensor, tuple(leaf["shape"]), leaf["dtype"], tuple(spec)))
+    return sorted(arrays), scalars
+
+
+def test_the_xla_mirror_holds_easylms_train_state():
+    """xla_llama.py (whose compile test_xla_memory.py holds the memory plan to) builds the train state
+    EasyLM builds from the same flags: every parameter, AdamW moment and accumulation buffer with
+    EasyLM's shape, dtype and partition spec (TinyLlama's v3-8 plan: bf16 first moment, accumulation)."""
+    cfg = json.loads((CONFIGS / "tinyllama-1.1b.json").read_text())
+    argv = tpu_flags.render(hub_job("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "v3-8"), "v3-8", "/work/data", "gs://b/ft",
+                            model_config=cfg, tokenizer_dir="/work/tokenizer", params_path="/work/params",
+                            train_tokens=10 ** 9)
+    out = run_easylm_python(f"""
+        import json
+        import jax, jax.numpy as jnp
+        from flax.training.train_state import TrainState
+        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
+        from EasyLM.optimizers import OptimizerFactory
+        from EasyLM.jax_utils import match_partition_rules, get_float_dtype_by_name
+
+        flags = dict(a[2:].split("=", 1) for a in {argv!r})
+        def typed(v):
+            if v in ("True", "False"):
+                return v == "True"
+            for t in (int, float):
+                try:
+                    return t(v)
+                except ValueError:
+                    pass
+            return v
+        def section(prefix):
+            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
+        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
+        opt = OptimizerFactory.get_default_config()
+        for k, v in section("optimizer.").items():
+            d = opt
+            *parents, last = k.split(".")
+            for p in parents:
+                d = d[p]
+            d[last] = type(d[last])(v)
+        optimizer, _ = OptimizerFactory.get_optimizer(opt)
+        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
+                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
+        def init_fn(rng):  # llama_train's, on abstract arrays only
+            z = jnp.zeros((4, 16), jnp.int32)
+            params = model.init(input_ids=z, position_ids=z, attention_mask=jnp.ones_like(z),
+                                rngs={{"params": rng, "dropout": rng, "fcm": rng}})
+            return TrainState.create(params=params, tx=optimizer, apply_fn=None)
+        shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+        specs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+            lambda s, p: [p], shapes, match_partition_rules(LLaMAConfigurator.get_partition_rules(), shapes)))
+        name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+        print(json.dumps([{{"path": "/".join(name(k) for k in path), "shape": list(leaf.shape),
+                           "dtype": str(leaf.dtype), "spec": list(spec)}}
+                          for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(shapes)[0], specs)]))
+    """)
+    easylm = _state_arrays(json.loads(out.strip().splitlines()[-1]))
+    mirror = _state_arrays(xla_mirror(argv, 8, ["state"], {"scan": False})["state"]["leaves"])
+    assert {a[0] for a in easylm[0]} == {"params", "mu", "nu", "acc_grads"}
+    assert any(a[0] == "mu" and a[3] == "bfloat16" for a in easylm[0])
+    assert mirror == easylm
 
 
 STEP_RE = re.compile(r"'step': (\d+)")

@@ -18,38 +18,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from launcher import tpu_plan
-from launcher.spec import JobSpec
 from launcher.tpu_plan import GiB
+from tpu_test_helpers import CONFIGS, hub_job, xla_mirror
 from trainers.tpu import flags as tpu_flags
-
-HERE = Path(__file__).resolve().parent
-CONFIGS = HERE.parent / "fixtures" / "model_configs"
-
-
-def user_job(model: str, tpu_type: str) -> JobSpec:
-    return JobSpec.model_validate({"name": "ft", "method": "full", "model": model,
-                                   "data": {"format": "input_output", "max_length": 2048},
-                                   "resources": {"cloud": "gcp", "accelerators": f"tpu-{tpu_type}"}})
-
-
-def compile_step(argv: list[str], devices: int) -> dict:
-    """XLA's memory analysis of EasyLM's train step ("step") and of its forward and backward alone
-    ("backward") under these flags, on `devices` CPU devices (XLA_FLAGS must be set before JAX
-    starts, hence a process of its own)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    r = subprocess.run([sys.executable, str(HERE / "xla_llama.py")], input=json.dumps({"flags": argv, "parts": ["step", "backward"]}), env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 CASES = [
@@ -65,11 +40,12 @@ CASES = [
 @functools.lru_cache(maxsize=None)
 def compiled_case(name: str, hub_id: str, tpu_type: str):
     cfg = json.loads((CONFIGS / f"{name}.json").read_text())
-    spec = user_job(hub_id, tpu_type)
+    spec = hub_job(hub_id, tpu_type)
     plan = tpu_flags.memory_plan(spec, tpu_type, cfg)  # what the dry-run shows and the trainer renders
     argv = tpu_flags.render(spec, tpu_type, "/work/data", "gs://bucket/ft/easylm", model_config=cfg,
                             tokenizer_dir="/work/tokenizer", params_path="/work/params", train_tokens=10 ** 9)
-    compiled = compile_step(argv, plan.tpu.devices)
+    # The whole step, and its forward and backward alone.
+    compiled = xla_mirror(argv, plan.tpu.devices, ["step", "backward"])
     xla, xla_backward = compiled["step"], compiled["backward"]
     shape = tpu_plan.ModelShape.from_hf_config(cfg)
     print(f"\n{name} on {tpu_type}: " + "\n".join(plan.lines()))

@@ -41,7 +41,7 @@ to fp32 once for the whole backward loop, where an unrolled program converts one
 Run as a script, in a process whose XLA_FLAGS simulates the TPU's devices on the CPU
 (--xla_force_host_platform_device_count=N, set before JAX starts): it reads EasyLM's rendered flags
 as JSON on stdin ({"flags": [...], "parts": ["step", "backward"]}: the whole step, and its
-forward and backward alone), lowers each on abstract arrays (jax.ShapeDtypeStruct: nothing is allocated),
+forward and backward alone; "state" lists the train state's arrays instead), lowers each on abstract arrays (jax.ShapeDtypeStruct: nothing is allocated),
 compiles it and prints XLA's per-device memory analysis of each as JSON.
 """
 from __future__ import annotations
@@ -322,9 +322,23 @@ def build(c: dict):
     return step, (state, rng, batch)
 
 
+def state_leaves(c: dict) -> list[dict]:
+    """The train state's arrays as the step takes them: path, shape, dtype, partition spec."""
+    import jax
+
+    _, (state, _, _) = build(c)
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        out.append({"path": "/".join(str(k.key) for k in path), "shape": list(leaf.shape),
+                    "dtype": str(leaf.dtype), "spec": [a for a in leaf.sharding.spec]})
+    return out
+
+
 def analyse(c: dict) -> dict:
     import jax
 
+    if c["part"] == "state":
+        return {"leaves": state_leaves(c)}
     step, args = build(c)
     t0 = time.perf_counter()
     lowered = step.lower(*args)
@@ -343,5 +357,5 @@ def analyse(c: dict) -> dict:
 
 if __name__ == "__main__":
     job = json.load(sys.stdin)  # {"flags": EasyLM's argv, "parts": ["step", "backward"]}
-    settings = easylm_settings(job["flags"])
+    settings = {**easylm_settings(job["flags"]), **job.get("settings", {})}
     print(json.dumps({part: analyse({**settings, "part": part}) for part in job.get("parts", ["step"])}))
