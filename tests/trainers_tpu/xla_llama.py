@@ -41,7 +41,8 @@ to fp32 once for the whole backward loop, where an unrolled program converts one
 Run as a script, in a process whose XLA_FLAGS simulates the TPU's devices on the CPU
 (--xla_force_host_platform_device_count=N, set before JAX starts): it reads EasyLM's rendered flags
 as JSON on stdin ({"flags": [...], "parts": ["step", "backward"]}: the whole step, and its
-forward and backward alone; "state" lists the train state's arrays instead), lowers each on abstract arrays (jax.ShapeDtypeStruct: nothing is allocated),
+forward and backward alone; "state" lists the train state's arrays instead, "run" runs one step on
+the arrays of settings["arrays"]), lowers each on abstract arrays (jax.ShapeDtypeStruct: nothing is allocated),
 compiles it and prints XLA's per-device memory analysis of each as JSON.
 """
 from __future__ import annotations
@@ -334,11 +335,32 @@ def state_leaves(c: dict) -> list[dict]:
     return out
 
 
+def run_step(c: dict, arrays: str) -> dict:
+    """One real step from the params and batch in the .npz `arrays` (zero optimizer state): its
+    metrics, to hold the mirror's arithmetic to EasyLM's on a small model."""
+    import jax
+    import jax.numpy as jnp
+
+    step, (state, rng, batch) = build(c)
+    data = np.load(arrays)
+
+    def concrete(path, leaf):
+        name = "/".join(str(k.key) for k in path)
+        value = data[name] if name in data else np.zeros(leaf.shape, leaf.dtype)
+        return jax.device_put(jnp.asarray(value, leaf.dtype), leaf.sharding)
+
+    state, batch = (jax.tree_util.tree_map_with_path(concrete, t) for t in (state, {"batch": batch}))
+    _, _, metrics = step(state, jnp.zeros(rng.shape, rng.dtype), batch["batch"])
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def analyse(c: dict) -> dict:
     import jax
 
     if c["part"] == "state":
         return {"leaves": state_leaves(c)}
+    if c["part"] == "run":
+        return run_step(c, c["arrays"])
     step, args = build(c)
     t0 = time.perf_counter()
     lowered = step.lower(*args)
