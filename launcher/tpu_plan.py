@@ -7,19 +7,25 @@ estimator can all share it.
 
 What one chip holds during EasyLM's sharded train step (its `pjit` with FSDP over `fsdp` x `mp`):
 - the train state, sharded over every chip: params (fp32; EasyLM's `param_dtype` reaches only
-  lm_head), gradients (the params' dtype), AdamW moments (mu in bf16 with `bf16_momentum`, nu always
-  fp32: optax's `mu_dtype` covers the first moment only) and, with accumulation, optax.MultiSteps'
-  gradient buffer (the params' dtype);
-- activations of the micro-batch rows one FSDP shard holds: with remat only each block's input is
-  kept, without it every block keeps its intermediates (EasyLM's attention is not fused: the
-  heads x seq x seq scores are materialised in fp32);
-- transients: one block's weights all-gathered and its gradients before the reduce-scatter, and the
-  logits/cross-entropy with the gathered lm_head.
-A plan fits when that total stays under `USABLE` of the chip's HBM (the rest is XLA's scratch,
-fragmentation, the runtime's own reservation and this estimate's error). The activation and
-transient terms are an estimate not yet checked against XLA: jax 0.4.28 (EasyLM's) reports zeros
-from a CPU compile's memory_analysis(); current jax reports real per-device figures, but EasyLM does
-not run on it.
+  lm_head), AdamW moments (mu in bf16 with `bf16_momentum`, nu always fp32: optax's `mu_dtype`
+  covers the first moment only) and, with accumulation, optax.MultiSteps' gradient buffer (the
+  params' dtype); and the step's gradients, the params' size, until the update;
+- at the backward's peak: every block's saved activations (with remat only its input, else all its
+  backward reads: EasyLM's attention is not fused, so heads x seq x seq fp32 probabilities per
+  block), plus the larger of one block's recompute and backward (with its weights all-gathered and
+  their gradient before the reduce-scatter, and the embedding's gradient) and the head's (lm_head
+  gathered with its gradient, fp32 log-softmax of the logits with its gradient).
+Each term is a buffer XLA's compile of the step holds, counted from the compiled program's buffer
+assignment: tests/trainers_tpu/test_xla_memory.py compiles a mirror of EasyLM's step
+(tests/trainers_tpu/xla_llama.py) for the real 1B, 7B and 8B shapes on simulated CPU devices and
+holds this arithmetic to XLA's memory analysis (within 15%; measured within 5% with remat; without
+remat, checked by hand on TinyLlama at 512 to 2048 tokens, 6 to 14% low). The CPU compile
+also materialises the optimizer update (clipped gradients, a copy of the old first moment), which a
+TPU compile fuses in place; `memory(fused_update=False)` adds it for that comparison. The
+activation terms follow the CPU compile, which keeps them in fp32 where a TPU may keep bf16: on a
+TPU the figure errs high.
+A plan fits when that total stays under `USABLE` of the chip's HBM (the rest is the runtime's own
+reservation, 0.5 GiB on v2/v3 and 1.25 GiB on v4, fragmentation, and this estimate's error).
 
 `choose()` starts from the job's settings and, only where they do not fit, turns remat on, moments
 to bf16, shrinks the micro-batch while raising accumulation (same rows per update), drops
@@ -159,8 +165,9 @@ class Setup:
 
 @dataclass
 class Memory:
-    """Bytes per chip, by what holds them."""
+    """Bytes per chip, by what holds them at the step's peak (`peak` names that moment)."""
     parts: dict[str, float]
+    peak: str = ""
 
     @property
     def total(self) -> float:
@@ -170,43 +177,65 @@ class Memory:
         return ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
 
 
-def memory(shape: ModelShape, s: Setup) -> Memory:
-    """Per-chip bytes of EasyLM's sharded train step for `shape` run as `s`."""
+def memory(shape: ModelShape, s: Setup, *, fused_update: bool = True) -> Memory:
+    """Per-chip bytes of EasyLM's sharded train step for `shape` run as `s`.
+
+    The terms are the buffers XLA's compile of that step holds (tests/trainers_tpu/test_xla_memory.py
+    compiles it on the TPU's devices simulated on CPU and reads the memory analysis; xla_llama.py
+    says what it mirrors).
+    `fused_update=False` adds what XLA's CPU backend materialises in the optimizer update and a
+    TPU compile does not (see `update` below): the figure to compare with a CPU compile.
+    """
     dp, fsdp, mp = s.mesh
     shards = fsdp * mp
     n = shape.params()
     head = shape.embed_params
     p_bytes = (n - head) * 4 + head * BYTES[s.param_dtype]
-    a = BYTES[s.dtype]
-    b, S, H, L = s.rows, s.seq, shape.hidden, shape.layers
-    kv = H // shape.heads * shape.kv_heads
-    parts = {
+    mu = n * BYTES[s.moments] / shards
+    state = {
         "params": p_bytes / shards,
         "gradients": p_bytes / shards,
-        "adam mu": n * BYTES[s.moments] / shards,
+        "adam mu": mu,
         "adam nu": n * 4 / shards,
         "accumulation": p_bytes / shards if s.accumulate > 1 else 0.0,
     }
-    # One block's intermediates (b rows, split over mp where EasyLM shards heads and the MLP): what
-    # its backward keeps (q, k, v, attention output; the fp32 softmax of the heads x seq x seq scores;
-    # the MLP's gate, up and product) and, while it runs, the scores' gradient and pre-softmax copy.
-    scores = b * shape.heads * S * S * 4
-    kept = (b * S * (3 * H + 2 * kv) * a + scores + 3 * b * S * shape.intermediate * a) / mp
-    peak = kept + (2 * scores + b * S * shape.intermediate * a) / mp
-    residual = b * S * H * a  # a block's input, replicated over mp
+    b, S, H, L, V = s.rows, s.seq, shape.hidden, shape.layers, shape.vocab
+    # EasyLM splits heads, the MLP, the vocabulary and (its constraint on the MLP output) the
+    # residual stream over mp, and gathers weights over fsdp only: every activation term is /mp.
+    # One block's attention probabilities: heads x seq x seq in fp32 (no fused attention).
+    scores = b * shape.heads * S * S * 4 / mp
+    # The rest of one block's backward, in fp32 where XLA computes it: the attention side's block
+    # input, its norm, q, k and v (k, v repeated to every head), the attention output and the
+    # gradient of each (12 x rows x seq x hidden), the MLP's gate, up, their product and the
+    # gradients of gate and up (5 x rows x seq x intermediate).
+    block = 2 * scores + b * S * (12 * H + 5 * shape.intermediate) * 4 / mp
     if s.remat:
-        parts["activations"] = L * residual
-        parts["block recompute"] = peak + 2 * residual
+        # nothing_saveable: each block's input is all that is kept (held in fp32 in the backward),
+        # and one block at a time is recomputed: its probabilities with their gradient, and the rest.
+        saved = L * b * S * H * 4 / mp
+        working = block
     else:
-        parts["activations"] = L * (kept + 2 * residual)
-        parts["block recompute"] = peak - kept
-    # FSDP transients: one block's weights gathered, and its full gradient before the reduce-scatter.
-    gathered_block = 2 * shape.layer_params * 4 / mp
-    # The head: lm_head gathered with its gradient, logits in the activation dtype, log-softmax and
-    # its gradient in fp32.
-    gathered_head = 2 * head * 4 / mp + b * S * shape.vocab * (a + 8) / mp
-    parts["transients"] = max(gathered_block, gathered_head)
-    return Memory(parts)
+        # Every block keeps what its backward reads until that backward runs.
+        saved = L * block
+        working = 0.0
+    # One block's weights all-gathered over fsdp in fp32, and their gradient before the reduce-scatter;
+    # the token embedding's gradient, scattered into the table's whole fsdp extent.
+    layer_phase = {"block backward": working, "block weights": 2 * shape.layer_params * 4 / mp,
+                   "embedding grad": V * H * 4 / mp}
+    # The head, before the blocks' backward: lm_head gathered in fp32 with its gradient, and the
+    # logits' fp32 log-softmax with its gradient (rows x seq x vocab each).
+    head_phase = {"lm_head+logits": 2 * H * V * 4 / mp + 2 * b * S * V * 4 / mp}
+    backward = {"activations": saved,
+                **max(layer_phase, head_phase, key=lambda phase: sum(phase.values()))}
+    # The optimizer update runs after the backward, with the gradients still held. A TPU compile
+    # fuses clip, AdamW and the param update into one in-place pass per tensor (EasyLM's issue 61:
+    # Llama-7B with fp32 moments fine-tunes on a 16 GiB v3 core at batch 1, which the buffers below
+    # would not leave room for). XLA's CPU backend, without multi-output fusion, materialises the
+    # clipped gradients and copies each old first moment before writing the new one in its place.
+    update = 0.0 if fused_update else p_bytes / shards + mu
+    if update > sum(backward.values()):
+        return Memory({**state, "unfused update": update}, "optimizer update")
+    return Memory({**state, **backward}, "backward")
 
 
 # -- choosing what fits -------------------------------------------------------------------------
@@ -227,7 +256,7 @@ class Plan:
         out = [f"memory plan per chip on {self.tpu.name} ({self.tpu.devices} devices x {self.tpu.hbm_gib:g} GiB): "
                f"{m.total / GiB:.2f} GiB of {self.tpu.budget / GiB:.2f} usable "
                f"({'fits' if self.fits else 'does NOT fit'})",
-               f"  GiB: {m.describe()}",
+               f"  GiB at the {m.peak} peak: {m.describe()}",
                f"  mesh {s.mesh_dim} (dp,fsdp,mp), global batch {s.global_batch} x {s.seq} tokens, "
                f"accumulation {s.accumulate} ({s.rows_per_update} rows per update), "
                f"remat {'nothing_saveable' if s.remat else 'off'}, activations {s.dtype}, params {s.param_dtype}, "

@@ -1,4 +1,5 @@
-"""The TPU trainer against a real EasyLM on CPU JAX: flags, tokenization, training, resume, export.
+"""The TPU trainer against a real EasyLM on CPU JAX: flags, tokenization, training, resume, export, and
+the XLA memory mirror (xla_llama.py): its train state and its arithmetic are EasyLM's.
 
 These tests need EasyLM itself, which CI does not have: they skip unless EASYLM_DIR points at a
 checkout (commit fe5b2c354e25d697fce7cd225e23bbbe72570da3) and EASYLM_PYTHON at a Python with its
@@ -22,8 +23,10 @@ import pytest
 
 from common import write_job
 from launcher.manifest import verify
-from tpu_test_helpers import EASYLM_DIR, EASYLM_PYTHON, easylm_env, easylm_import_error, write_prepared
+from tpu_test_helpers import (CONFIGS, EASYLM_DIR, EASYLM_PYTHON, easylm_env, easylm_import_error, hub_job,
+                              write_prepared, xla_mirror)
 from trainers.tpu import data as tpu_data
+from trainers.tpu import flags as tpu_flags
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,6 +89,167 @@ def test_easylm_text_processor_matches_our_tokenize(fmt, tiny_llama, tmp_path):
         got = [json.loads(line) for line in out.splitlines()]
         for ex, (tokens, mask) in zip(examples, got):
             assert (tokens, mask) == tpu_data.tokenize(tok, ex, fmt, prefix)
+
+
+def _state_arrays(leaves: list[dict]) -> tuple[list, int]:
+    """(role, tensor, shape, dtype, spec) of each array of a train state, and how many scalars: the
+    same whatever the nesting (flax/optax's, or xla_llama.py's dicts)."""
+    arrays, scalars = [], 0
+    for leaf in leaves:
+        if not leaf["shape"]:
+            scalars += 1
+            continue
+        parts = leaf["path"].split("/")
+        tensor = "/".join(parts[parts.index("transformer") if "transformer" in parts else parts.index("lm_head"):])
+        role = next(r for r in ("mu", "nu", "acc_grads", "params") if r in parts)
+        spec = list(leaf["spec"])
+        while spec and spec[-1] is None:
+            spec.pop()
+        arrays.append((role, tensor, tuple(leaf["shape"]), leaf["dtype"], tuple(spec)))
+    return sorted(arrays), scalars
+
+
+def test_the_xla_mirror_holds_easylms_train_state():
+    """xla_llama.py (whose compile test_xla_memory.py holds the memory plan to) builds the train state
+    EasyLM builds from the same flags: every parameter, AdamW moment and accumulation buffer with
+    EasyLM's shape, dtype and partition spec (TinyLlama's v3-8 plan: bf16 first moment, accumulation)."""
+    cfg = json.loads((CONFIGS / "tinyllama-1.1b.json").read_text())
+    argv = tpu_flags.render(hub_job("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "v3-8"), "v3-8", "/work/data", "gs://b/ft",
+                            model_config=cfg, tokenizer_dir="/work/tokenizer", params_path="/work/params",
+                            train_tokens=10 ** 9)
+    out = run_easylm_python(f"""
+        import json
+        import jax, jax.numpy as jnp
+        from flax.training.train_state import TrainState
+        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
+        from EasyLM.optimizers import OptimizerFactory
+        from EasyLM.jax_utils import match_partition_rules, get_float_dtype_by_name
+
+        flags = dict(a[2:].split("=", 1) for a in {argv!r})
+        def typed(v):
+            if v in ("True", "False"):
+                return v == "True"
+            for t in (int, float):
+                try:
+                    return t(v)
+                except ValueError:
+                    pass
+            return v
+        def section(prefix):
+            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
+        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
+        opt = OptimizerFactory.get_default_config()
+        for k, v in section("optimizer.").items():
+            d = opt
+            *parents, last = k.split(".")
+            for p in parents:
+                d = d[p]
+            d[last] = type(d[last])(v)
+        optimizer, _ = OptimizerFactory.get_optimizer(opt)
+        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
+                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
+        def init_fn(rng):  # llama_train's, on abstract arrays only
+            z = jnp.zeros((4, 16), jnp.int32)
+            params = model.init(input_ids=z, position_ids=z, attention_mask=jnp.ones_like(z),
+                                rngs={{"params": rng, "dropout": rng, "fcm": rng}})
+            return TrainState.create(params=params, tx=optimizer, apply_fn=None)
+        shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+        specs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+            lambda s, p: [p], shapes, match_partition_rules(LLaMAConfigurator.get_partition_rules(), shapes)))
+        name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+        print(json.dumps([{{"path": "/".join(name(k) for k in path), "shape": list(leaf.shape),
+                           "dtype": str(leaf.dtype), "spec": list(spec)}}
+                          for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(shapes)[0], specs)]))
+    """)
+    easylm = _state_arrays(json.loads(out.strip().splitlines()[-1]))
+    mirror = _state_arrays(xla_mirror(argv, 8, ["state"], {"scan": False})["state"]["leaves"])
+    assert {a[0] for a in easylm[0]} == {"params", "mu", "nu", "acc_grads"}
+    assert any(a[0] == "mu" and a[3] == "bfloat16" for a in easylm[0])
+    assert mirror == easylm
+
+
+def test_the_xla_mirror_computes_easylms_step(tmp_path):
+    """The mirror's arithmetic is EasyLM's: one real train step of a small LLaMA (GQA, bf16 compute,
+    AdamW with a bf16 first moment) from the same params and batch gives EasyLM's loss, accuracy,
+    gradient norm and updated-parameter norm (EasyLM unsharded on jax 0.4.28, the mirror sharded
+    over 8 simulated devices on current jax)."""
+    from launcher.spec import JobSpec
+
+    cfg = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 64,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+    spec = JobSpec.model_validate({"name": "ft", "method": "full", "model": "x/y",
+                                   "data": {"format": "input_output", "max_length": 64},
+                                   "train": {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                                             "learning_rate": 1e-3, "warmup_steps": 0},
+                                   "resources": {"cloud": "gcp", "accelerators": "tpu-v3-8"}})
+    argv = tpu_flags.render(spec, "v3-8", "/d", "gs://b/ft", model_config=cfg, tokenizer_dir="/t", params_path="/p",
+                            train_tokens=10 ** 6)
+    flags = dict(a[2:].split("=", 1) for a in argv)
+    assert flags["optimizer.adamw_optimizer.bf16_momentum"] == "False" and flags["dtype"] == "bf16"
+    argv = [a for a in argv if "bf16_momentum" not in a] + ["--optimizer.adamw_optimizer.bf16_momentum=True"]
+    arrays = tmp_path / "arrays.npz"
+    out = run_easylm_python(f"""
+        import json
+        import numpy as np
+        import jax, jax.numpy as jnp
+        from flax.training.train_state import TrainState
+        from flax.traverse_util import flatten_dict
+        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
+        from EasyLM.optimizers import OptimizerFactory
+        from EasyLM.jax_utils import cross_entropy_loss_and_accuracy, global_norm, get_float_dtype_by_name
+
+        flags = dict(a[2:].split("=", 1) for a in {argv!r})
+        def typed(v):
+            if v in ("True", "False"):
+                return v == "True"
+            for t in (int, float):
+                try:
+                    return t(v)
+                except ValueError:
+                    pass
+            return v
+        def section(prefix):
+            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
+        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
+        opt = OptimizerFactory.get_default_config()
+        for k, v in section("optimizer.").items():
+            d = opt
+            *parents, last = k.split(".")
+            for p in parents:
+                d = d[p]
+            d[last] = type(d[last])(v)
+        optimizer, info = OptimizerFactory.get_optimizer(opt)
+        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
+                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
+        B, S = int(flags["train_dataset.json_dataset.batch_size"]), int(flags["train_dataset.json_dataset.seq_length"])
+        rs = np.random.RandomState(0)
+        batch = {{"input_tokens": rs.randint(0, llama.vocab_size, (B, S)).astype(np.int32),
+                  "target_tokens": rs.randint(0, llama.vocab_size, (B, S)).astype(np.int32),
+                  "loss_masks": (rs.rand(B, S) > 0.3).astype(np.float32)}}
+        rng = jax.random.PRNGKey(0)
+        params = model.init(input_ids=jnp.zeros((B, S), jnp.int32), position_ids=jnp.zeros((B, S), jnp.int32),
+                            attention_mask=jnp.ones((B, S), jnp.int32), rngs={{"params": rng, "dropout": rng, "fcm": rng}})
+        state = TrainState.create(params=params, tx=optimizer, apply_fn=None)
+        def loss_and_accuracy(p):  # llama_train's train_step, without pjit
+            logits = model.apply(p, batch["input_tokens"], deterministic=False,
+                                 rngs={{"params": rng, "dropout": rng, "fcm": rng}}).logits
+            return cross_entropy_loss_and_accuracy(logits, batch["target_tokens"], batch["loss_masks"])
+        (loss, accuracy), grads = jax.jit(jax.value_and_grad(loss_and_accuracy, has_aux=True))(state.params)
+        new = state.apply_gradients(grads=grads)
+        np.savez({str(arrays)!r}, **{{"params/" + "/".join(k): np.asarray(v)
+                                      for k, v in flatten_dict(params["params"]).items()}},
+                 **{{"batch/" + k: v for k, v in batch.items()}})
+        print(json.dumps({{"loss": float(loss), "accuracy": float(accuracy), "gradient_norm": float(global_norm(grads)),
+                          "param_norm": float(global_norm(new.params)),
+                          "learning_rate": float(info["learning_rate_schedule"](state.step))}}))
+    """)
+    easylm = json.loads(out.strip().splitlines()[-1])
+    mirror = xla_mirror(argv, 8, ["run"], {"scan": False, "arrays": str(arrays)})["run"]
+    print("EasyLM", easylm, "\nmirror", mirror)
+    assert easylm["gradient_norm"] > 0.01
+    for k in easylm:
+        assert mirror[k] == pytest.approx(easylm[k], rel=2e-3, abs=1e-6), k
 
 
 STEP_RE = re.compile(r"'step': (\d+)")

@@ -14,6 +14,28 @@ EASYLM_DIR = os.environ.get("EASYLM_DIR")
 EASYLM_PYTHON = os.environ.get("EASYLM_PYTHON") or sys.executable
 from common import REPO
 
+CONFIGS = REPO / "tests" / "fixtures" / "model_configs"
+
+
+def hub_job(model: str, tpu_type: str):
+    """A full fine-tune of a hub model as a user writes it: the spec's defaults for `train:`."""
+    from launcher.spec import JobSpec
+
+    return JobSpec.model_validate({"name": "ft", "method": "full", "model": model,
+                                   "data": {"format": "input_output", "max_length": 2048},
+                                   "resources": {"cloud": "gcp", "accelerators": f"tpu-{tpu_type}"}})
+
+
+def xla_mirror(argv: list[str], devices: int, parts: list[str], settings: dict | None = None) -> dict:
+    """xla_llama.py's answer for EasyLM's flags `argv` on `devices` simulated CPU devices (XLA_FLAGS
+    must be set before JAX starts, hence a process of its own): {part: result} for each of `parts`."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    job = {"flags": argv, "parts": parts, "settings": settings or {}}
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("xla_llama.py"))], input=json.dumps(job),
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
 
 def easylm_env() -> dict:
     env = dict(os.environ)
