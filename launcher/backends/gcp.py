@@ -70,17 +70,21 @@ class GCPBackend(SkyBackend):
         task = super().render(spec, job_file, secrets=secrets, image=image, resolved=resolved)
         if report.disk_size:
             task["resources"]["disk_size"] = report.disk_size
-        self._report = report
         return task
+
+    # The report is made again where it is shown (plain arithmetic on a cached config, no state
+    # kept on the registry's shared backend between calls).
+    def _report(self, spec, job_file: Path) -> TpuReport:
+        return tpu_report(spec, Path(job_file), hf_token=bool(self.secret_values(spec).get("HF_TOKEN")))
 
     def dry_run(self, spec, job_file: Path) -> str:
         out = super().dry_run(spec, job_file)
-        plan = "\n".join(f"# {line}" for line in self._report.lines)
+        plan = "\n".join(f"# {line}" for line in self._report(spec, job_file).lines)
         return out.replace("# nothing was launched", plan + "\n# nothing was launched")
 
     def submit(self, job, spec, *, detach: bool = True):
         job = super().submit(job, spec, detach=detach)
-        for line in getattr(self, "_report", TpuReport()).lines[:8]:
+        for line in self._report(spec, Path(job.extra.get("job_file") or "job.yaml")).lines[:8]:
             print(f"{job.id}: {line}", file=sys.stderr)
         return job
 
