@@ -331,14 +331,12 @@ def _clean_batch(batch: list[dict]) -> list[tuple]:
     """(raw, cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for
     each raw record; a dropped one's second item is the drop's detail (the boilerplate pattern)."""
     cfg, bp, sign = _worker["cfg"], _worker["bp"], _worker["sign"]
-    out = []
-    for raw in batch:
-        rec, why = clean_record(raw, cfg.clean, bp)
-        if why:
-            out.append((raw, rec, why, None, None, None))
-        else:
-            out.append((raw, rec, None, content_key(rec), *(sign(rec) if sign else (None, None))))
-    return out
+    out = [(raw, *clean_record(raw, cfg.clean, bp)) for raw in batch]
+    kept = [rec for _, rec, why in out if not why]
+    signed = iter(sign.batch(kept) if sign else [])
+    return [(raw, rec, why, None, None, None) if why
+            else (raw, rec, None, content_key(rec), *(next(signed) if sign else (None, None)))
+            for raw, rec, why in out]
 
 
 def _cleaned(raws, cfg: DataConfig, workers: int):
