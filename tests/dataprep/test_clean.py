@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from dataprep.clean import Boilerplate, clean_record
+import re
+
+from dataprep.clean import BOILERPLATE_PATTERNS, Boilerplate, clean_record, normalize_for_match
 from launcher.dataspec import CleanConfig
 
 REFUSALS = [  # (text, family)
@@ -136,6 +138,24 @@ def test_drop_names_the_family_and_cut_keeps_the_rest():
     # the prompt is the user's words: never cut
     rec, _ = clean_record({"input": "I'm sorry, but I can't help with that, can you?", "output": "Sure."}, cut, Boilerplate(cut))
     assert rec["input"].startswith("I'm sorry")
+
+
+def test_one_search_finds_what_each_pattern_finds_alone():
+    """The combined search (word patterns behind a lookbehind, the users' regexes unanchored) names the
+    leftmost hit of the patterns run one by one, the earlier pattern on a tie: texts with refusals
+    embedded at various places, two in one text, near-misses, and a user regex that starts mid-word."""
+    cfg = CleanConfig(boilerplate_extra=["brought to you by acme"], boilerplate_patterns=[r"ponse\b", r"^\s*ok\b"])
+    bp = Boilerplate(cfg)
+    alone = [re.compile(p) for p in BOILERPLATE_PATTERNS.values()]
+    alone += [re.compile(r"\bbrought\sto\syou\sby\sacme\b"), re.compile(r"ponse\b"), re.compile(r"^\s*ok\b")]
+    texts = [t for t, _ in REFUSALS] + NEAR_MISSES + ["OK, fine.", "Brought to you by ACME."]
+    texts += [f"Sure thing. {a} Then: {b}" for a, _ in REFUSALS[::3] for b, _ in REFUSALS[1::5]]
+    texts += [f"{n} and so on; a response. {t}" for n, (t, _) in zip(NEAR_MISSES, REFUSALS[::2])]
+    for t in texts:
+        norm = normalize_for_match(t)
+        hits = [(m.start(), i) for i, rx in enumerate(alone) if (m := rx.search(norm))]
+        want = bp.names[min(hits)[1]] if hits else None
+        assert bp.search(t) == want, (t, bp.search(t), want)
 
 
 def test_a_bad_user_pattern_is_one_line():
