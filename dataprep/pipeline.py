@@ -342,6 +342,9 @@ def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir
             empty, full = ("val", "train") if pending["train"] else ("train", "val")
             pending[empty].append(pending[full].pop(rescue[full][1]))
             start(pending)
+        # The report's plot needs matplotlib (a few tenths of a second to import); this thread mostly
+        # waits for the tokenizer's last chunks now, with the GIL free, so import it meanwhile.
+        threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
         tok_stats = {s: feeds[s].close() for s in ("train", "val")}
     finally:
         for f in feeds.values():  # after an error: stop the threads (their output is discarded)
@@ -357,6 +360,13 @@ def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir
         raise DataError("every validation example was dropped at tokenization (longer than data.max_length); "
                         "raise max_length or use too_long: truncate")
     return tok_stats
+
+
+def _import_plotting() -> None:
+    try:
+        import matplotlib.figure  # noqa: F401  (the report imports it again, waiting for this import if unfinished)
+    except Exception:  # the report says what is wrong, if it is
+        pass
 
 
 PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves
