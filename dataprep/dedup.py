@@ -201,6 +201,9 @@ class Deduper:
             CREATE TABLE lsh (h INTEGER, row INTEGER, PRIMARY KEY (h, row)) WITHOUT ROWID;
             CREATE TABLE dups (kept INTEGER, loc TEXT);
         """)
+        # One transaction for the whole run, never committed (the file is scratch, deleted at the end):
+        # pages are written only when the page cache spills, not at every batch's commit.
+        self.db.execute("BEGIN")
         self._bits = {"lsh": np.zeros(1 << (_LSH_BITS - 3), dtype=np.uint8),
                       "exact": np.zeros(1 << (_EXACT_BITS - 3), dtype=np.uint8)}
         self.rows = 0
@@ -297,25 +300,27 @@ class Deduper:
             elif cfg.near:
                 plain.append((i, row))  # keys in no other row: inserted below, all at once
             out.append(None)
+        hs = np.array([h for h, _ in lsh_rows], dtype=np.int64)
+        rs = np.array([r for _, r in lsh_rows], dtype=np.int64)
         if plain:
             idx, rws = np.array(plain, dtype=np.int64).T
-            lsh_rows += zip(K[idx].ravel().tolist(), np.repeat(rws, K.shape[1]).tolist())
-        lsh_rows.sort()  # B-tree inserts in key order touch each page once
-        q("BEGIN")
+            hs, rs = np.concatenate([hs, K[idx].ravel()]), np.concatenate([rs, np.repeat(rws, K.shape[1])])
+        order = np.lexsort((rs, hs))  # B-tree inserts in key order touch each page once
+        hs = hs[order]
+        lsh_rows = zip(hs.tolist(), rs[order].tolist())
         self.db.executemany("INSERT INTO kept VALUES (?, ?, ?)", kept)
         self.db.executemany("INSERT INTO exact VALUES (?, ?)", sorted(new_exact.items()))
         self.db.executemany("INSERT INTO lsh VALUES (?, ?)", lsh_rows)
         self.db.executemany("INSERT INTO dups VALUES (?, ?)", dups)
-        q("COMMIT")
         self._mark("exact", list(new_exact))
-        self._mark("lsh", [h for h, _ in lsh_rows])
+        self._mark("lsh", hs)
         return out
 
     def _positions(self, table: str, keys: list) -> np.ndarray:
         if table == "exact":  # 16-byte content hashes: their first 8 bytes are as random as any
             v = np.frombuffer(b"".join(k[:8] for k in keys), dtype=np.uint64)
         else:
-            v = np.array(keys, dtype=np.int64).view(np.uint64)
+            v = np.asarray(keys, dtype=np.int64).view(np.uint64)
         return (v & np.uint64(len(self._bits[table]) * 8 - 1)).astype(np.int64)
 
     def _maybe_seen(self, table: str, keys: list) -> list:
@@ -326,8 +331,8 @@ class Deduper:
         hit = (self._bits[table][pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
         return [k for k, h in zip(keys, hit.tolist()) if h]
 
-    def _mark(self, table: str, keys: list) -> None:
-        if keys:
+    def _mark(self, table: str, keys) -> None:
+        if len(keys):
             pos = np.sort(self._positions(table, keys))
             byte, mask = pos >> 3, (1 << (pos & 7)).astype(np.uint8)
             starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
