@@ -163,3 +163,18 @@ def test_a_bad_user_pattern_is_one_line():
 
     with pytest.raises(ValidationError, match="not a regular expression"):
         CleanConfig(boilerplate_patterns=["(unclosed"])
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("a \r\n b", "a\n b"),  # CRLF, then the space it leaves at the end of a line
+    ("x\x00y \n\n\n\nz", "xy\n\nz"),
+    ("  \t\n a \u200b", "a"),
+    (" \x00\nx", "x"),  # a control character between a space and a newline: the space is then trailing
+    ("a\u200b \nb", "a\nb"),
+    ("one\r\rtwo", "one\n\ntwo"),
+    ("plain text, nothing to do", "plain text, nothing to do"),
+])
+def test_clean_text_steps(raw, want):
+    from dataprep.clean import clean_text
+
+    assert clean_text(raw, CleanConfig()) == want
