@@ -78,7 +78,9 @@ def _shingle_flat(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     if len(short):
         keys.append((short.astype(np.uint64) << np.uint64(32))
                     | np.array([zlib.crc32(" ".join(words[i]).encode()) for i in short], dtype=np.uint64))
-    keys = np.unique(np.concatenate(keys))
+    # sorted, then the repeats dropped: np.unique would hash them first (numpy >= 2.3), 10x slower here
+    keys = np.sort(np.concatenate(keys))
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
     starts = np.searchsorted(keys >> np.uint64(32), np.arange(len(recs), dtype=np.uint64))
     return (keys & _M3).astype(np.uint32), starts
 
