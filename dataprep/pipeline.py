@@ -182,10 +182,7 @@ def _deduped(cfg: DataConfig, base_dir: Path, rejects: Rejects, counts: dict, de
         for src in cfg.sources:
             yield from read_source(src, base_dir, rejects)
 
-    # One core is left to the tokenizer, which encodes in its own threads while this runs: on 2 cores,
-    # worker processes only add the cost of sending every row both ways (20 MB bench input: 12.2 s of
-    # CPU in one process, 19 s with two workers and their server, measured at a load average of 6).
-    workers = cfg.workers or (_cores() - 1 if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
+    workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
     with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
         for batch in _cleaned(raws(), cfg, workers):
             bar.update(len(batch))

@@ -117,8 +117,7 @@ class DataConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Diversity clustering (optional).")
     chunk_size: int = Field(2000, gt=0, description="Examples tokenized per batch (memory grows with this, not the input).")
     workers: int = Field(0, ge=0, description="Processes that clean and sign examples for dedup; 0: one per core "
-                                              "but one (the tokenizer's) for inputs over 16 MB, none on 2 cores or for "
-                                              "smaller inputs.")
+                                              "for inputs over 16 MB, else none.")
 
     @field_validator("prompt_template")
     @classmethod
