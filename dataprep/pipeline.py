@@ -392,19 +392,20 @@ def _init_worker(cfg: DataConfig) -> None:
 
 
 def _clean_batch(batch: list[dict]) -> list[tuple]:
-    """(raw, cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for
-    each raw record; a dropped one's second item is the drop's detail (the boilerplate pattern)."""
+    """(cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for each
+    raw record; a dropped one's first item is the drop's detail (the boilerplate pattern). The raw
+    record is not sent back: the caller still has it."""
     cfg, bp, sign = _worker["cfg"], _worker["bp"], _worker["sign"]
-    out = [(raw, *clean_record(raw, cfg.clean, bp)) for raw in batch]
-    kept = [rec for _, rec, why in out if not why]
+    out = [clean_record(raw, cfg.clean, bp) for raw in batch]
+    kept = [rec for rec, why in out if not why]
     signed = iter(sign.batch(kept) if sign else [])
-    return [(raw, rec, why, None, None, None) if why
-            else (raw, rec, None, content_key(rec), *(next(signed) if sign else (None, None)))
-            for raw, rec, why in out]
+    return [(rec, why, None, None, None) if why
+            else (rec, None, content_key(rec), *(next(signed) if sign else (None, None)))
+            for rec, why in out]
 
 
 def _cleaned(raws, cfg: DataConfig, workers: int):
-    """`_clean_batch` over the raw records, a batch at a time, in order; with several workers, at
+    """(raw record, *`_clean_batch` result) for the raw records, a batch at a time, in order; with several workers, at
     most two batches per worker in flight, so memory follows the batch size and not the input
     (Pool.imap would read the whole input ahead)."""
     def batches():
@@ -420,7 +421,7 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     if workers <= 1:
         _init_worker(cfg)
         for batch in batches():
-            yield _clean_batch(batch)
+            yield [(raw, *r) for raw, r in zip(batch, _clean_batch(batch))]
         return
     import multiprocessing
     from collections import deque
@@ -430,11 +431,13 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         pending = deque()
         for batch in batches():
-            pending.append(pool.apply_async(_clean_batch, (batch,)))
+            pending.append((batch, pool.apply_async(_clean_batch, (batch,))))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                batch, res = pending.popleft()
+                yield [(raw, *r) for raw, r in zip(batch, res.get())]
         while pending:
-            yield pending.popleft().get()
+            batch, res = pending.popleft()
+            yield [(raw, *r) for raw, r in zip(batch, res.get())]
 
 
 def _answer(rec: dict) -> str:
