@@ -188,7 +188,7 @@ def main() -> None:
                 times[k].append(ts + ti)
             elif k == "now sign+index":
                 t0 = _clock()
-                pre = [sign_new(r) for r in data]
+                pre = [x for i in range(0, len(data), 500) for x in sign_new.batch(data[i:i + 500])]
                 ts = _clock() - t0
                 _, ti, _ = run_now(cfg, data, pre)
                 times[k].append(ts + ti)
@@ -196,10 +196,10 @@ def main() -> None:
                 pre = [sign_old(r) for r in data]
                 times[k].append(run_before(old, cfg, data, pre)[1])
             elif k == "now index":
-                pre = [sign_new(r) for r in data]
+                pre = [x for i in range(0, len(data), 500) for x in sign_new.batch(data[i:i + 500])]
                 times[k].append(run_now(cfg, data, pre)[1])
             else:
-                pre = [sign_new(r) for r in data]
+                pre = [x for i in range(0, len(data), 500) for x in sign_new.batch(data[i:i + 500])]
                 times[k].append(run_now(cfg, data, pre, batch=1)[1])
     med = {k: statistics.median(v) for k, v in times.items()}
     _, _, st = run_now(cfg, data)

@@ -19,7 +19,8 @@ The guide's script is not in this repository (we do not copy code from other rep
 
     git clone https://github.com/PygmalionAI/training-code /tmp/training-code
     python -m venv /tmp/guide-venv && /tmp/guide-venv/bin/pip install -r /tmp/training-code/requirements.txt "pandas<3"
-    (parallel_pandas 0.8, the newest, needs pandas < 3)
+    (parallel_pandas 0.8, the newest, needs pandas < 3; peft and accelerate pull in torch, whose
+    default wheel brings CUDA: on a machine without a GPU a CPU build of torch does the same here)
 
 and pass --guide-python /tmp/guide-venv/bin/python --guide-script /tmp/training-code/preparation/tokenize_data_sft.py
 (without them the guide is left out). Methods run interleaved, in a rotated order every round;

@@ -21,6 +21,7 @@ import hashlib
 import re
 import sqlite3
 import zlib
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -52,15 +53,44 @@ def content_key(rec: dict) -> str:
 
 def shingle_array(rec: dict) -> np.ndarray:
     """Word 3-grams of all the record's fields, casefolded, as sorted distinct 32-bit hashes: what
-    near-duplicates share. Hashed with numpy from one CRC-32 a word, not a SHA-1 a 3-gram as
-    datasketch's default does: other hash values for the same 3-grams, several times faster
-    (profiled: hashing was most of the dedup time)."""
-    words = _WORD.findall(" ".join(fields(rec)).casefold())
-    if len(words) < 3:
-        return np.array([zlib.crc32(" ".join(words).encode())], dtype=np.uint32)
-    h = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
-    tri = (h[:-2] * np.uint64(0x9E3779B1) + h[1:-1] * np.uint64(0x85EBCA77) + h[2:]) & np.uint64(0xFFFFFFFF)
-    return np.unique(tri).astype(np.uint32)
+    near-duplicates share (`shingle_batch` for one record)."""
+    return shingle_batch([rec])[0]
+
+
+_M1, _M2, _M3 = np.uint64(0x9E3779B1), np.uint64(0x85EBCA77), np.uint64(0xFFFFFFFF)
+
+
+def _shingle_flat(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The 3-gram hashes of every record in one array, each record's sorted and distinct, and the
+    offset where each record's run starts (every record has at least one). One CRC-32 a word, mixed
+    three at a time with numpy, not a SHA-1 a 3-gram (profiled: hashing was most of the dedup time);
+    the words of a whole batch are hashed in one pass, with no Python frame per word, and one sort
+    of (record, hash) pairs makes every record's set at once."""
+    words = [_WORD.findall(" ".join(fields(r)).casefold()) for r in recs]
+    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    total = int(lens.sum())
+    h = np.fromiter(map(zlib.crc32, map(str.encode, chain.from_iterable(words))), dtype=np.uint64, count=total)
+    rid = np.repeat(np.arange(len(recs), dtype=np.uint64), lens)
+    ok = rid[:-2] == rid[2:]  # the 3-gram lies within one record
+    tri = (h[:-2][ok] * _M1 + h[1:-1][ok] * _M2 + h[2:][ok]) & _M3
+    keys = [(rid[:-2][ok] << np.uint64(32)) | tri]
+    short = np.flatnonzero(lens < 3)  # fewer than three words: the words themselves, as one hash
+    if len(short):
+        keys.append((short.astype(np.uint64) << np.uint64(32))
+                    | np.array([zlib.crc32(" ".join(words[i]).encode()) for i in short], dtype=np.uint64))
+    # sorted, then the repeats dropped: np.unique would hash them first (numpy >= 2.3), 10x slower here
+    keys = np.sort(np.concatenate(keys))
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+    starts = np.searchsorted(keys >> np.uint64(32), np.arange(len(recs), dtype=np.uint64))
+    return (keys & _M3).astype(np.uint32), starts
+
+
+def shingle_batch(recs: list[dict]) -> list[np.ndarray]:
+    """`shingle_array` of each record."""
+    if not recs:
+        return []
+    flat, starts = _shingle_flat(recs)
+    return np.split(flat, starts[1:])
 
 
 def shingles(rec: dict) -> list[int]:
@@ -89,35 +119,65 @@ def lsh_params(threshold: float, num_perm: int, recall: float = RECALL) -> tuple
     return best
 
 
-def _identity(x: int) -> int:
-    return x
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, a bijection: spreads structured inputs before the affine maps."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
 
 
 class Signer:
     """A record's LSH band keys (one 64-bit key per band of its MinHash signature) and its 3-gram
-    hashes. Needs no index, so worker processes compute them while the index decides in order."""
+    hashes. Needs no index, so worker processes compute them while the index decides in order.
+
+    MinHash with affine permutations h -> a*h + b mod 2^32 (a odd, so each is a bijection) of the
+    premixed 3-gram hashes, computed here with numpy for a whole batch of records at once: one
+    (permutations x 3-grams) array and one minimum per record's run of columns. Not datasketch's
+    MinHash: importing datasketch imports scipy (a third of a second of every process's start-up,
+    the main one and each worker), and one record at a time it spent most of its time in Python."""
 
     def __init__(self, cfg: DedupConfig):
-        from datasketch import MinHash
-
-        ref = MinHash(num_perm=cfg.num_perm, seed=1)
-        self._perms, self._scheme = ref.permutations, ref.scheme  # made once, not per row
-        self._minhash = MinHash
+        rng = np.random.default_rng(1)
+        self._a = (rng.integers(0, 1 << 31, cfg.num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1))[:, None]
+        self._b = rng.integers(0, 1 << 32, cfg.num_perm, dtype=np.uint32)[:, None]
         self.num_perm = cfg.num_perm
         self.b, self.r = lsh_params(cfg.threshold, cfg.num_perm)
+        # the band's number is mixed into its key, so one table serves every band
+        self._salt = _fmix64(np.arange(1, self.b + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
     def __call__(self, rec: dict) -> tuple[bytes, bytes]:
         """(band keys as little-endian int64s, 3-gram hashes as uint32s): bytes, cheap to send
         between processes and to stack into arrays."""
-        sh = shingle_array(rec)
-        m = self._minhash(num_perm=self.num_perm, seed=1, hashfunc=_identity, permutations=self._perms,
-                          scheme=self._scheme)
-        m.update_batch(sh.tolist())
-        hv = m.hashvalues
-        # The band's number is mixed in, so one table serves every band.
-        keys = b"".join(hashlib.blake2b(hv[i * self.r:(i + 1) * self.r].tobytes(), digest_size=8,
-                                        salt=i.to_bytes(8, "little")).digest() for i in range(self.b))
-        return keys, sh.tobytes()
+        return self.batch([rec])[0]
+
+    def batch(self, recs: list[dict]) -> list[tuple[bytes, bytes]]:
+        """`self(rec)` for each record, 256 at a time: the (permutations x 3-grams) array of a slice stays
+        at a few MB."""
+        return [x for i in range(0, len(recs), 256) for x in self._batch(recs[i:i + 256])]
+
+    def _batch(self, recs: list[dict]) -> list[tuple[bytes, bytes]]:
+        if not recs:
+            return []
+        flat, starts = _shingle_flat(recs)
+        sig = np.minimum.reduceat(self._a * _fmix32(flat)[None, :] + self._b, starts, axis=1).T  # records x perms
+        bands = sig[:, :self.b * self.r].reshape(len(recs), self.b, self.r).astype(np.uint64)
+        k = np.broadcast_to(self._salt, (len(recs), self.b))
+        for c in range(self.r):
+            k = _fmix64(k ^ bands[:, :, c]) if c == self.r - 1 else (k ^ bands[:, :, c]) * np.uint64(0x100000001B3)
+        keys = k.astype("<u8").tobytes()
+        w = 8 * self.b
+        shs = np.split(flat, starts[1:])
+        return [(keys[n * w:(n + 1) * w], sh.tobytes()) for n, sh in enumerate(shs)]
 
 
 def _parts(xs: list, size: int = _SQL_VARS):
@@ -143,6 +203,9 @@ class Deduper:
             CREATE TABLE lsh (h INTEGER, row INTEGER, PRIMARY KEY (h, row)) WITHOUT ROWID;
             CREATE TABLE dups (kept INTEGER, loc TEXT);
         """)
+        # One transaction for the whole run, never committed (the file is scratch, deleted at the end):
+        # pages are written only when the page cache spills, not at every batch's commit.
+        self.db.execute("BEGIN")
         self._bits = {"lsh": np.zeros(1 << (_LSH_BITS - 3), dtype=np.uint8),
                       "exact": np.zeros(1 << (_EXACT_BITS - 3), dtype=np.uint8)}
         self.rows = 0
@@ -176,7 +239,9 @@ class Deduper:
         old_sh: dict[int, np.ndarray] = {}
         maybe = np.zeros(len(items), dtype=bool)
         if cfg.near:
-            signed = [(b, sh) if b is not None else self.sign(rec) for rec, _, b, sh in items]
+            todo = [rec for rec, _, b, _ in items if b is None]  # not signed by a worker: signed here
+            fresh = iter(self.sign.batch(todo))
+            signed = [(b, sh) if b is not None else next(fresh) for _, _, b, sh in items]
             K = np.frombuffer(b"".join(b for b, _ in signed), dtype="<i8").reshape(len(items), self.sign.b)
             uniq, counts = np.unique(K, return_counts=True)
             for part in _parts(self._maybe_seen("lsh", uniq.tolist())):
@@ -237,25 +302,27 @@ class Deduper:
             elif cfg.near:
                 plain.append((i, row))  # keys in no other row: inserted below, all at once
             out.append(None)
+        hs = np.array([h for h, _ in lsh_rows], dtype=np.int64)
+        rs = np.array([r for _, r in lsh_rows], dtype=np.int64)
         if plain:
             idx, rws = np.array(plain, dtype=np.int64).T
-            lsh_rows += zip(K[idx].ravel().tolist(), np.repeat(rws, K.shape[1]).tolist())
-        lsh_rows.sort()  # B-tree inserts in key order touch each page once
-        q("BEGIN")
+            hs, rs = np.concatenate([hs, K[idx].ravel()]), np.concatenate([rs, np.repeat(rws, K.shape[1])])
+        order = np.lexsort((rs, hs))  # B-tree inserts in key order touch each page once
+        hs = hs[order]
+        lsh_rows = zip(hs.tolist(), rs[order].tolist())
         self.db.executemany("INSERT INTO kept VALUES (?, ?, ?)", kept)
         self.db.executemany("INSERT INTO exact VALUES (?, ?)", sorted(new_exact.items()))
         self.db.executemany("INSERT INTO lsh VALUES (?, ?)", lsh_rows)
         self.db.executemany("INSERT INTO dups VALUES (?, ?)", dups)
-        q("COMMIT")
         self._mark("exact", list(new_exact))
-        self._mark("lsh", [h for h, _ in lsh_rows])
+        self._mark("lsh", hs)
         return out
 
     def _positions(self, table: str, keys: list) -> np.ndarray:
         if table == "exact":  # 16-byte content hashes: their first 8 bytes are as random as any
             v = np.frombuffer(b"".join(k[:8] for k in keys), dtype=np.uint64)
         else:
-            v = np.array(keys, dtype=np.int64).view(np.uint64)
+            v = np.asarray(keys, dtype=np.int64).view(np.uint64)
         return (v & np.uint64(len(self._bits[table]) * 8 - 1)).astype(np.int64)
 
     def _maybe_seen(self, table: str, keys: list) -> list:
@@ -266,8 +333,8 @@ class Deduper:
         hit = (self._bits[table][pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
         return [k for k, h in zip(keys, hit.tolist()) if h]
 
-    def _mark(self, table: str, keys: list) -> None:
-        if keys:
+    def _mark(self, table: str, keys) -> None:
+        if len(keys):
             pos = np.sort(self._positions(table, keys))
             byte, mask = pos >> 3, (1 << (pos & 7)).astype(np.uint8)
             starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])

@@ -8,6 +8,7 @@ silently.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -28,15 +29,18 @@ class Rejects:
         # every one of them ended up kept or rejected.
         self.units = 0
         self._f = open(path, "w", encoding="utf-8")
+        self._lock = threading.Lock()  # tokenization drops rows in its own thread while dedup drops others
 
     def drop(self, stage: str, reason: str, where: str, row=None, detail: str | None = None) -> None:
-        self.counts[(stage, reason)] += 1
         rec = {"stage": stage, "reason": reason, "where": where}
         if detail:
             rec["detail"] = detail
         if row is not None:
             rec["row"] = _preview(row)
-        self._f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.counts[(stage, reason)] += 1
+            self._f.write(line)
 
     def unit(self, n: int = 1) -> None:
         self.units += n

@@ -28,7 +28,6 @@ from typing import Iterator
 from launcher.dataspec import Source
 
 from .errors import DataError, Rejects
-from .sqldump import read_sql_dump
 
 EXTENSIONS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".html": "html",
@@ -375,6 +374,8 @@ def _sql(path, src, rejects, fmt):
     def bad(*args):  # a row or statement that would not parse, or a file-level problem: one unit each
         rejects.unit()
         rejects.bad(*args)
+
+    from .sqldump import read_sql_dump  # sqlglot: imported only for SQL dumps
 
     for where, row in read_sql_dump(path, src.table, src.encoding, bad):
         rejects.unit()

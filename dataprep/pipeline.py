@@ -3,8 +3,8 @@ tokenize+pack -> report, as the guide describes it, with every dropped row accou
 
 `prepare(spec, out_dir, base_dir)` is what `launcher prep` and `python -m dataprep` call. Records
 stream through the stages one at a time (except the optional clustering, which needs them all;
-deduplication keeps its index on disk);
-the formatted splits are written as JSONL first, then tokenized in chunks into Arrow.
+deduplication keeps its index on disk); each split's formatted examples are tokenized and packed
+into Arrow in chunks, in a thread per split, while the stages before are still running.
 
 Cache: a fingerprint of the data section, the tokenizer (vocabulary, template, special tokens),
 and the bytes of every source file is kept in cache.json; a re-run with the same fingerprint
@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
-from collections import Counter
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -165,8 +166,7 @@ def _stages(cfg: DataConfig, tok, out_dir: Path, base_dir: Path, rejects: Reject
     boilerplate: dict = {}  # pattern family -> rows it removed, a few examples
     stream = _deduped(cfg, base_dir, rejects, counts, dedup, boilerplate)  # 1-3: ingest, clean, dedup
     stream, cluster_report = _clustered(stream, cfg, out_dir, rejects, counts)  # 4: cluster for diversity
-    tmp, n_split = _format_and_split(stream, cfg, tok, out_dir, rejects, counts)  # 5-6: format, split
-    tok_stats = _tokenize(tmp, n_split, cfg, tok, out_dir, rejects, counts)  # 7: tokenize and pack
+    tok_stats = _format_split_tokenize(stream, cfg, tok, out_dir, rejects, counts)  # 5-7: format, split, tokenize+pack
     counts["ingest"]["in"] = rejects.units  # counted by the readers, not derived from the outcomes
     for (stage, reason), n in rejects.counts.items():
         counts[stage].setdefault("dropped", {})[reason] = n
@@ -233,18 +233,78 @@ def _clustered(stream: Iterator[dict], cfg: DataConfig, out_dir: Path, rejects: 
     return iter(kept), cluster_report
 
 
-def _format_and_split(stream: Iterator[dict], cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
-                      counts: dict) -> tuple[dict, Counter]:
-    """Stages 5-6: format each example and split by content, into temporary JSONL files with a
-    sidecar of source locations. Neither side is left empty while there are two examples."""
+class _SplitFeed:
+    """One split's formatted examples, tokenized and packed by a `Packer` in a thread of its own while
+    the stages before still run: the tokenizer works in Rust without the GIL, so it keeps a second
+    core busy while this thread cleans and deduplicates (until this overlap, tokenizing waited for
+    the last row to be deduplicated, and a third of a 20 MB prep ran on one core). A bounded queue
+    of chunks keeps memory flat."""
+
+    def __init__(self, packer: Packer, split: str, out_dir: Path, rejects: Rejects, bar, chunk_size: int):
+        self.split, self.n, self.chunk_size = split, 0, chunk_size
+        self._q: queue.Queue = queue.Queue(maxsize=2)
+        self._chunk: tuple[list, list, list] = ([], [], [])
+        self._result: dict | None = None
+        self._error: BaseException | None = None
+        args = (packer, out_dir / f"{split}.jsonl", out_dir / split, rejects, split, bar)
+        self._thread = threading.Thread(target=self._work, args=args, name=f"pack-{split}", daemon=True)
+        self._thread.start()
+
+    def _chunks(self):
+        while (item := self._q.get()) is not None:
+            yield item
+
+    def _work(self, packer: Packer, *args) -> None:
+        try:
+            self._result = packer.run_chunks(self._chunks(), *args)
+        except BaseException as e:  # handed to the main thread by close()
+            self._error = e
+            for _ in self._chunks():  # keep taking chunks, so the main thread never waits on a full queue
+                pass
+
+    def add(self, line: str, where: str, row: dict) -> None:
+        for part, x in zip(self._chunk, (line, where, row)):
+            part.append(x)
+        self.n += 1
+        if len(self._chunk[0]) >= self.chunk_size:
+            self._q.put(self._chunk)
+            self._chunk = ([], [], [])
+
+    def close(self) -> dict:
+        """Wait for the rest to be packed; the Packer's statistics."""
+        if self._chunk[0]:
+            self._q.put(self._chunk)
+            self._chunk = ([], [], [])
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
+                           counts: dict) -> dict:
+    """Stages 5-7: format each example, split by content, and tokenize and pack each split into its
+    JSONL and Arrow outputs, streaming. Neither side is left empty while there are two examples: the
+    examples wait in memory until both sides have one (about 1/validation-share examples), after
+    which neither can end up empty; if the input ends first, the example closest to the other side
+    moves over."""
     fmt = Formatter(cfg, tok)
+    packer = Packer(tok, cfg)
     val_frac = cfg.split[1] / (cfg.split[0] + cfg.split[1])
-    tmp = {s: (out_dir / f".{s}.fmt.jsonl", out_dir / f".{s}.where") for s in ("train", "val")}
-    files = {s: (open(a, "w", encoding="utf-8"), open(b, "w", encoding="utf-8")) for s, (a, b) in tmp.items()}
-    n_split = Counter()
+    pending: dict | None = {"train": [], "val": []}  # (line, where, row) until both sides have one
     # the train example closest to validation (lowest score), and the validation example closest to
     # train: moved over if one side would otherwise be empty
     rescue = {"train": None, "val": None}
+    feeds: dict[str, _SplitFeed] = {}
+    bar = tqdm(desc="tokenize+pack", unit=" ex", mininterval=1)
+
+    def start(items: dict) -> None:
+        for s in ("train", "val"):
+            feeds[s] = _SplitFeed(packer, s, out_dir, rejects, bar, cfg.chunk_size)
+            for it in items[s]:
+                feeds[s].add(*it)
+
     try:
         for rec in stream:
             counts["format"]["in"] += 1
@@ -257,49 +317,53 @@ def _format_and_split(stream: Iterator[dict], cfg: DataConfig, tok, out_dir: Pat
             # by content: identical texts land on the same side, whatever their order or source
             score = _score(cfg.seed, rec["_key"])
             side = "val" if score < val_frac else "train"
-            line = json.dumps(row, ensure_ascii=False) + "\n"
+            item = (json.dumps(row, ensure_ascii=False) + "\n", rec["_where"].replace("\n", " ") + "\n", row)
+            if pending is None:
+                feeds[side].add(*item)
+                continue
             edge = score if side == "train" else -score
             if rescue[side] is None or edge < rescue[side][0]:
-                rescue[side] = (edge, n_split[side])
-            files[side][0].write(line)
-            files[side][1].write(rec["_where"].replace("\n", " ") + "\n")
-            n_split[side] += 1
+                rescue[side] = (edge, len(pending[side]))
+            pending[side].append(item)
+            if pending["train"] and pending["val"]:
+                start(pending)
+                pending = None
+        if pending is not None:
+            total = len(pending["train"]) + len(pending["val"])
+            if total == 0:
+                raise DataError(f"no examples left after cleaning and deduplication ({rejects.total()} rows "
+                                f"rejected; see {out_dir / 'rejects.jsonl'})")
+            if total == 1:
+                raise DataError("only 1 example left after cleaning and deduplication: need at least 2 "
+                                "(one for training, one for validation)")
+            empty, full = ("val", "train") if pending["train"] else ("train", "val")
+            pending[empty].append(pending[full].pop(rescue[full][1]))
+            start(pending)
+        # The report's plot needs matplotlib (a few tenths of a second to import); this thread mostly
+        # waits for the tokenizer's last chunks now, with the GIL free, so import it meanwhile.
+        threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
+        tok_stats = {s: feeds[s].close() for s in ("train", "val")}
     finally:
-        for a, b in files.values():
-            a.close()
-            b.close()
-    total = n_split["train"] + n_split["val"]
-    if total == 0:
-        raise DataError(f"no examples left after cleaning and deduplication ({rejects.total()} rows rejected; "
-                        f"see {out_dir / 'rejects.jsonl'})")
-    if total == 1:
-        raise DataError("only 1 example left after cleaning and deduplication: need at least 2 "
-                        "(one for training, one for validation)")
-    for empty, full in (("val", "train"), ("train", "val")):
-        if n_split[empty] == 0:
-            _move_line(tmp[full], tmp[empty], rescue[full][1])
-            n_split[empty], n_split[full] = 1, n_split[full] - 1
-    counts["split"]["kept"] = total
-    return tmp, n_split
-
-
-def _tokenize(tmp: dict, n_split: Counter, cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
-              counts: dict) -> dict:
-    """Stage 7: tokenize and pack each split into its JSONL and Arrow outputs."""
-    packer = Packer(tok, cfg)
-    tok_stats = {}
-    with tqdm(total=n_split["train"] + n_split["val"], desc="tokenize+pack", unit=" ex", mininterval=1) as bar:
-        for s in ("train", "val"):
-            counts["tokenize"]["in"] += n_split[s]
-            st = packer.run(tmp[s][0], tmp[s][1], out_dir / f"{s}.jsonl", out_dir / s, rejects, s, bar)
-            counts["tokenize"]["kept"] += st["examples"]
-            tok_stats[s] = st
-            os.unlink(tmp[s][0])
-            os.unlink(tmp[s][1])
+        for f in feeds.values():  # after an error: stop the threads (their output is discarded)
+            if f._thread.is_alive():
+                f._q.put(None)
+                f._thread.join()
+        bar.close()
+    counts["split"]["kept"] = feeds["train"].n + feeds["val"].n
+    for s in ("train", "val"):
+        counts["tokenize"]["in"] += feeds[s].n
+        counts["tokenize"]["kept"] += tok_stats[s]["examples"]
     if tok_stats["val"]["examples"] == 0:
         raise DataError("every validation example was dropped at tokenization (longer than data.max_length); "
                         "raise max_length or use too_long: truncate")
     return tok_stats
+
+
+def _import_plotting() -> None:
+    try:
+        import matplotlib.figure  # noqa: F401  (the report imports it again, waiting for this import if unfinished)
+    except Exception:  # the report says what is wrong, if it is
+        pass
 
 
 PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves
@@ -328,21 +392,20 @@ def _init_worker(cfg: DataConfig) -> None:
 
 
 def _clean_batch(batch: list[dict]) -> list[tuple]:
-    """(raw, cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for
-    each raw record; a dropped one's second item is the drop's detail (the boilerplate pattern)."""
+    """(cleaned record or None, drop reason or None, content key, band keys, 3-gram hashes) for each
+    raw record; a dropped one's first item is the drop's detail (the boilerplate pattern). The raw
+    record is not sent back: the caller still has it."""
     cfg, bp, sign = _worker["cfg"], _worker["bp"], _worker["sign"]
-    out = []
-    for raw in batch:
-        rec, why = clean_record(raw, cfg.clean, bp)
-        if why:
-            out.append((raw, rec, why, None, None, None))
-        else:
-            out.append((raw, rec, None, content_key(rec), *(sign(rec) if sign else (None, None))))
-    return out
+    out = [clean_record(raw, cfg.clean, bp) for raw in batch]
+    kept = [rec for rec, why in out if not why]
+    signed = iter(sign.batch(kept) if sign else [])
+    return [(rec, why, None, None, None) if why
+            else (rec, None, content_key(rec), *(next(signed) if sign else (None, None)))
+            for rec, why in out]
 
 
 def _cleaned(raws, cfg: DataConfig, workers: int):
-    """`_clean_batch` over the raw records, a batch at a time, in order; with several workers, at
+    """(raw record, *`_clean_batch` result) for the raw records, a batch at a time, in order; with several workers, at
     most two batches per worker in flight, so memory follows the batch size and not the input
     (Pool.imap would read the whole input ahead)."""
     def batches():
@@ -358,7 +421,7 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     if workers <= 1:
         _init_worker(cfg)
         for batch in batches():
-            yield _clean_batch(batch)
+            yield [(raw, *r) for raw, r in zip(batch, _clean_batch(batch))]
         return
     import multiprocessing
     from collections import deque
@@ -368,21 +431,13 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         pending = deque()
         for batch in batches():
-            pending.append(pool.apply_async(_clean_batch, (batch,)))
+            pending.append((batch, pool.apply_async(_clean_batch, (batch,))))
             if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+                batch, res = pending.popleft()
+                yield [(raw, *r) for raw, r in zip(batch, res.get())]
         while pending:
-            yield pending.popleft().get()
-
-
-def _move_line(src: tuple[Path, Path], dst: tuple[Path, Path], index: int) -> None:
-    """Move line `index` of one split's files (example and location) into the other, empty split."""
-    for a, b in zip(src, dst):
-        tmp = a.with_name(a.name + ".tmp")
-        with open(a, encoding="utf-8") as fin, open(tmp, "w", encoding="utf-8") as fout, open(b, "w", encoding="utf-8") as fv:
-            for i, line in enumerate(fin):
-                (fv if i == index else fout).write(line)
-        shutil.move(tmp, a)
+            batch, res = pending.popleft()
+            yield [(raw, *r) for raw, r in zip(batch, res.get())]
 
 
 def _answer(rec: dict) -> str:

@@ -181,7 +181,18 @@ class Packer:
 
     def run(self, src: Path, where_file: Path, jsonl_out: Path, arrow_dir: Path, rejects: Rejects,
             split: str, progress=None) -> dict:
-        c = self.cfg
+        """Tokenize and pack a formatted JSONL file (and its sidecar of source locations, a line each)."""
+        def chunks():
+            with open(src, encoding="utf-8") as fin, open(where_file, encoding="utf-8") as fwhere:
+                while lines := list(islice(fin, self.cfg.chunk_size)):
+                    yield lines, list(islice(fwhere, len(lines))), [json.loads(x) for x in lines]
+
+        return self.run_chunks(chunks(), jsonl_out, arrow_dir, rejects, split, progress)
+
+    def run_chunks(self, chunks, jsonl_out: Path, arrow_dir: Path, rejects: Rejects, split: str,
+                   progress=None) -> dict:
+        """Tokenize and pack chunks of (JSONL lines, source locations with a newline each, the rows
+        as dicts), in order: from a file, or handed over while the stages before still run."""
         lengths = array("I")
         stats = {"examples_in": 0, "examples": 0, "dropped_too_long": 0, "dropped_no_answer": 0, "truncated": 0,
                  "sequences": 0, "tokens": 0, "label_tokens": 0}
@@ -191,16 +202,11 @@ class Packer:
         # The open sequence (examples that may still be joined by the next chunk's first ones).
         carry = (np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64))
 
-        def chunks():
-            with open(src, encoding="utf-8") as fin, open(where_file, encoding="utf-8") as fwhere:
-                while lines := list(islice(fin, c.chunk_size)):
-                    yield lines, list(islice(fwhere, len(lines))), [json.loads(x) for x in lines]
-
         # Tokenizing runs in Rust without the GIL, in a worker thread: while it encodes one chunk, this
         # thread reads and parses the next one, then packs and writes the previous one.
         with open(jsonl_out, "w", encoding="utf-8") as fout, pa.OSFile(str(tmp_dir / ARROW), "wb") as sink, \
                 pa.ipc.new_stream(sink, SCHEMA) as writer, ThreadPoolExecutor(1) as pool:
-            it = chunks()
+            it = iter(chunks)
             cur = next(it, None)
             fut = pool.submit(self.encode, cur[2]) if cur else None
             while fut is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from dataprep.clean import Boilerplate, clean_record
+import re
+
+from dataprep.clean import BOILERPLATE_PATTERNS, Boilerplate, clean_record, normalize_for_match
 from launcher.dataspec import CleanConfig
 
 REFUSALS = [  # (text, family)
@@ -138,8 +140,41 @@ def test_drop_names_the_family_and_cut_keeps_the_rest():
     assert rec["input"].startswith("I'm sorry")
 
 
+def test_one_search_finds_what_each_pattern_finds_alone():
+    """The combined search (word patterns behind a lookbehind, the users' regexes unanchored) names the
+    leftmost hit of the patterns run one by one, the earlier pattern on a tie: texts with refusals
+    embedded at various places, two in one text, near-misses, and a user regex that starts mid-word."""
+    cfg = CleanConfig(boilerplate_extra=["brought to you by acme"], boilerplate_patterns=[r"ponse\b", r"^\s*ok\b"])
+    bp = Boilerplate(cfg)
+    alone = [re.compile(p) for p in BOILERPLATE_PATTERNS.values()]
+    alone += [re.compile(r"\bbrought\sto\syou\sby\sacme\b"), re.compile(r"ponse\b"), re.compile(r"^\s*ok\b")]
+    texts = [t for t, _ in REFUSALS] + NEAR_MISSES + ["OK, fine.", "Brought to you by ACME."]
+    texts += [f"Sure thing. {a} Then: {b}" for a, _ in REFUSALS[::3] for b, _ in REFUSALS[1::5]]
+    texts += [f"{n} and so on; a response. {t}" for n, (t, _) in zip(NEAR_MISSES, REFUSALS[::2])]
+    for t in texts:
+        norm = normalize_for_match(t)
+        hits = [(m.start(), i) for i, rx in enumerate(alone) if (m := rx.search(norm))]
+        want = bp.names[min(hits)[1]] if hits else None
+        assert bp.search(t) == want, (t, bp.search(t), want)
+
+
 def test_a_bad_user_pattern_is_one_line():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="not a regular expression"):
         CleanConfig(boilerplate_patterns=["(unclosed"])
+
+
+@pytest.mark.parametrize("raw, want", [
+    ("a \r\n b", "a\n b"),  # CRLF, then the space it leaves at the end of a line
+    ("x\x00y \n\n\n\nz", "xy\n\nz"),
+    ("  \t\n a \u200b", "a"),
+    (" \x00\nx", "x"),  # a control character between a space and a newline: the space is then trailing
+    ("a\u200b \nb", "a\nb"),
+    ("one\r\rtwo", "one\n\ntwo"),
+    ("plain text, nothing to do", "plain text, nothing to do"),
+])
+def test_clean_text_steps(raw, want):
+    from dataprep.clean import clean_text
+
+    assert clean_text(raw, CleanConfig()) == want
