@@ -20,6 +20,7 @@ from launcher.cli import main
 from launcher.manifest import verify, write_manifest
 
 pytest.importorskip("llama_cpp", reason="needs the export extra (llama-cpp-python)")
+pytestmark = pytest.mark.slow  # a real fine-tune of the quickstart: not the fast tier
 
 NAME = "qs-export"
 # A training example of the quickstart (examples/quickstart/data/instructions.jsonl)
