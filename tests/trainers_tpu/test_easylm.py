@@ -47,6 +47,43 @@ def run_easylm_python(code: str, timeout: int = 600) -> str:
     return r.stdout
 
 
+def _easylm_from_flags(argv: list[str]) -> str:
+    """Python (for run_easylm_python) that builds what llama_train builds from our rendered flags:
+    `flags`, the LLaMA config `llama`, `optimizer` with `optimizer_info`, and the Flax `model`."""
+    return f"""
+        import json
+        import jax, jax.numpy as jnp
+        from flax.training.train_state import TrainState
+        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
+        from EasyLM.optimizers import OptimizerFactory
+        from EasyLM.jax_utils import get_float_dtype_by_name
+
+        flags = dict(a[2:].split("=", 1) for a in {argv!r})
+        def typed(v):
+            if v in ("True", "False"):
+                return v == "True"
+            for t in (int, float):
+                try:
+                    return t(v)
+                except ValueError:
+                    pass
+            return v
+        def section(prefix):
+            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
+        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
+        opt = OptimizerFactory.get_default_config()
+        for k, v in section("optimizer.").items():
+            d = opt
+            *parents, last = k.split(".")
+            for p in parents:
+                d = d[p]
+            d[last] = type(d[last])(v)
+        optimizer, optimizer_info = OptimizerFactory.get_optimizer(opt)
+        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
+                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
+    """
+
+
 def test_flag_names_snapshot_is_current():
     """The flag list the CI tests check against is EasyLM's real one."""
     out = run_easylm_python("""
@@ -117,48 +154,20 @@ def test_the_xla_mirror_holds_easylms_train_state():
     argv = tpu_flags.render(hub_job("TinyLlama/TinyLlama-1.1B-Chat-v1.0", "v3-8"), "v3-8", "/work/data", "gs://b/ft",
                             model_config=cfg, tokenizer_dir="/work/tokenizer", params_path="/work/params",
                             train_tokens=10 ** 9)
-    out = run_easylm_python(f"""
-        import json
-        import jax, jax.numpy as jnp
-        from flax.training.train_state import TrainState
-        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
-        from EasyLM.optimizers import OptimizerFactory
-        from EasyLM.jax_utils import match_partition_rules, get_float_dtype_by_name
+    out = run_easylm_python(_easylm_from_flags(argv) + """
+        from EasyLM.jax_utils import match_partition_rules
 
-        flags = dict(a[2:].split("=", 1) for a in {argv!r})
-        def typed(v):
-            if v in ("True", "False"):
-                return v == "True"
-            for t in (int, float):
-                try:
-                    return t(v)
-                except ValueError:
-                    pass
-            return v
-        def section(prefix):
-            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
-        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
-        opt = OptimizerFactory.get_default_config()
-        for k, v in section("optimizer.").items():
-            d = opt
-            *parents, last = k.split(".")
-            for p in parents:
-                d = d[p]
-            d[last] = type(d[last])(v)
-        optimizer, _ = OptimizerFactory.get_optimizer(opt)
-        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
-                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
         def init_fn(rng):  # llama_train's, on abstract arrays only
             z = jnp.zeros((4, 16), jnp.int32)
             params = model.init(input_ids=z, position_ids=z, attention_mask=jnp.ones_like(z),
-                                rngs={{"params": rng, "dropout": rng, "fcm": rng}})
+                                rngs={"params": rng, "dropout": rng, "fcm": rng})
             return TrainState.create(params=params, tx=optimizer, apply_fn=None)
         shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
         specs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
             lambda s, p: [p], shapes, match_partition_rules(LLaMAConfigurator.get_partition_rules(), shapes)))
         name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-        print(json.dumps([{{"path": "/".join(name(k) for k in path), "shape": list(leaf.shape),
-                           "dtype": str(leaf.dtype), "spec": list(spec)}}
+        print(json.dumps([{"path": "/".join(name(k) for k in path), "shape": list(leaf.shape),
+                           "dtype": str(leaf.dtype), "spec": list(spec)}
                           for (path, leaf), spec in zip(jax.tree_util.tree_flatten_with_path(shapes)[0], specs)]))
     """)
     easylm = _state_arrays(json.loads(out.strip().splitlines()[-1]))
@@ -189,39 +198,11 @@ def test_the_xla_mirror_computes_easylms_step(tmp_path):
     assert flags["optimizer.adamw_optimizer.bf16_momentum"] == "False" and flags["dtype"] == "bf16"
     argv = [a for a in argv if "bf16_momentum" not in a] + ["--optimizer.adamw_optimizer.bf16_momentum=True"]
     arrays = tmp_path / "arrays.npz"
-    out = run_easylm_python(f"""
-        import json
+    out = run_easylm_python(_easylm_from_flags(argv) + f"""
         import numpy as np
-        import jax, jax.numpy as jnp
-        from flax.training.train_state import TrainState
         from flax.traverse_util import flatten_dict
-        from EasyLM.models.llama.llama_model import LLaMAConfigurator, FlaxLLaMAForCausalLMModule
-        from EasyLM.optimizers import OptimizerFactory
-        from EasyLM.jax_utils import cross_entropy_loss_and_accuracy, global_norm, get_float_dtype_by_name
+        from EasyLM.jax_utils import cross_entropy_loss_and_accuracy, global_norm
 
-        flags = dict(a[2:].split("=", 1) for a in {argv!r})
-        def typed(v):
-            if v in ("True", "False"):
-                return v == "True"
-            for t in (int, float):
-                try:
-                    return t(v)
-                except ValueError:
-                    pass
-            return v
-        def section(prefix):
-            return {{k[len(prefix):]: typed(v) for k, v in flags.items() if k.startswith(prefix)}}
-        llama = LLaMAConfigurator.finalize_config(LLaMAConfigurator.get_default_config(section("llama.")))
-        opt = OptimizerFactory.get_default_config()
-        for k, v in section("optimizer.").items():
-            d = opt
-            *parents, last = k.split(".")
-            for p in parents:
-                d = d[p]
-            d[last] = type(d[last])(v)
-        optimizer, info = OptimizerFactory.get_optimizer(opt)
-        model = FlaxLLaMAForCausalLMModule(llama, dtype=get_float_dtype_by_name(flags["dtype"]),
-                                           param_dtype=get_float_dtype_by_name(flags["param_dtype"]))
         B, S = int(flags["train_dataset.json_dataset.batch_size"]), int(flags["train_dataset.json_dataset.seq_length"])
         rs = np.random.RandomState(0)
         batch = {{"input_tokens": rs.randint(0, llama.vocab_size, (B, S)).astype(np.int32),
@@ -242,7 +223,7 @@ def test_the_xla_mirror_computes_easylms_step(tmp_path):
                  **{{"batch/" + k: v for k, v in batch.items()}})
         print(json.dumps({{"loss": float(loss), "accuracy": float(accuracy), "gradient_norm": float(global_norm(grads)),
                           "param_norm": float(global_norm(new.params)),
-                          "learning_rate": float(info["learning_rate_schedule"](state.step))}}))
+                          "learning_rate": float(optimizer_info["learning_rate_schedule"](state.step))}}))
     """)
     easylm = json.loads(out.strip().splitlines()[-1])
     mirror = xla_mirror(argv, 8, ["run"], {"scan": False, "arrays": str(arrays)})["run"]
