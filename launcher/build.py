@@ -173,6 +173,22 @@ def _local_image(client, ref: str):
         return None
 
 
+def _cache_sources(client, out: BuiltImage, kind: str, keep: int = 3) -> list[str]:
+    """Earlier images of this repository and kind on this engine, newest first: the layer cache.
+
+    The engine's own cache is the chain of images it built itself; an image pulled by digest (a
+    fresh CI machine, a laptop that pulled what another one pushed) has no such chain, and without
+    naming it here a one-line code change would reinstall every dependency (2 GB for the GPU image).
+    """
+    try:
+        images = client.images.list(name=out.repository)
+    except Exception:  # a listing problem costs only cache hits, never the build
+        return []
+    tagged = [(img.attrs.get("Created", ""), t) for img in images for t in img.tags
+              if t.startswith(f"{out.repository}:{kind}-") and t != out.tagged]
+    return [t for _, t in sorted(tagged, reverse=True)[:keep]]
+
+
 def _registry_digest(client, ref: str, auth: dict | None) -> str | None:
     """The registry's manifest digest of ref, or None when the registry does not have it."""
     import docker.errors
@@ -344,12 +360,13 @@ def _build(client, spec: JobSpec, files: dict[str, bytes], out: BuiltImage, say,
         image_id, error, step = None, None, ""
         # A live bar on a terminal; one line per step otherwise (CI logs, pipes).
         progress_bar = _StepBar() if progress and os.isatty(2) else None
+        cache_from = [] if nocache else _cache_sources(client, out, image_kind(spec))
         try:
             stream = client.api.build(
                 fileobj=_context_tar(files), custom_context=True, tag=out.tagged, buildargs=args,
                 dockerfile=f"images/{image_kind(spec)}/Dockerfile", rm=True, forcerm=True, decode=True,
                 network_mode="host",  # reach the wheelhouse on 127.0.0.1; SkyPilot runs with --net=host too
-                use_config_proxy=False, nocache=nocache, labels={"org.opencontainers.image.title": spec.image.name},
+                use_config_proxy=False, nocache=nocache, cache_from=cache_from or None, labels={"org.opencontainers.image.title": spec.image.name},
             )
             for chunk in stream:
                 text = chunk.get("stream") or chunk.get("status") or ""

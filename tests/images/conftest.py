@@ -81,4 +81,10 @@ def gpu_image(image_spec_data, tmp_path_factory):
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    if image.image_id is None:  # in the registry from an earlier session, gone from the engine
+        import docker
+
+        pulled = docker.from_env(timeout=600).images.pull(f"{image.repository}@{image.digest}")
+        pulled.tag(image.repository, image.tag)
+        image.image_id = pulled.id
     return image, home

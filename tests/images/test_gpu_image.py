@@ -1,8 +1,9 @@
 """The GPU image, for real: built offline from a wheelhouse on a debootstrap base, pushed to a local
 registry, pulled back by digest, and training the quickstart job inside a container.
 
-Order matters and is kept: the layer-reuse test needs the built image's layers as a build cache,
-and the pull test removes the local image before pulling it back by digest.
+Order matters and is kept: the pull test removes the local image (and with it the engine's own
+chain of cached build steps) and pulls it back by digest, as a fresh machine would; the layer-reuse
+test then rebuilds after a code change with only that pulled image to take its layers from.
 """
 from __future__ import annotations
 
@@ -51,9 +52,32 @@ def _check_checkpoint(out: Path, steps: int) -> None:
     assert state["global_step"] == steps
 
 
+def test_pull_by_digest_and_train_quickstart(gpu_image, tmp_path):
+    image, _ = gpu_image
+    client = _client()
+    client.images.remove(image.image_id, force=True)
+    pulled = client.images.pull(f"{image.repository}@{image.digest}")
+    assert pulled.id == image.image_id  # the same config, hence the same image
+    pulled.tag(image.repository, image.tag)  # later tests (the CLI) find it by its content tag
+
+    job = _quickstart(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    logs = client.containers.run(
+        f"{image.repository}@{image.digest}",
+        ["python", "-m", "trainers.entry", str(job), "--out", str(out)],
+        volumes={str(job.parent): {"bind": str(job.parent), "mode": "ro"}, str(out): {"bind": str(out), "mode": "rw"}},
+        environment={"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **SECRETS},
+        user=f"{os.getuid()}:{os.getgid()}", network_mode="none", remove=True, stdout=True, stderr=True,
+    )
+    assert logs, "the entry command printed nothing"
+    _check_checkpoint(out, 2)
+
+
 @pytest.fixture(scope="module")
 def changed_image(gpu_image, image_spec_data, tmp_path_factory):
-    """The image rebuilt after a one-line code change, with the job's secrets set in this process."""
+    """The image rebuilt after a one-line code change, with the job's secrets set in this process.
+    Runs after the pull test: the only cache left is the image pulled back by digest."""
     from launcher.build import build, content_tag, write_context
     from launcher.spec import JobSpec
 
@@ -121,28 +145,6 @@ def test_existing_tag_is_not_built_again(gpu_image, image_spec_data, monkeypatch
     local = build(spec, REPO, push=False, progress=False)  # present locally
     assert local.built is False and local.image_id == image.image_id
     assert recorded_image(spec, REPO) == f"{image.repository}@{image.digest}"
-
-
-def test_pull_by_digest_and_train_quickstart(gpu_image, tmp_path):
-    image, _ = gpu_image
-    client = _client()
-    client.images.remove(image.image_id, force=True)
-    pulled = client.images.pull(f"{image.repository}@{image.digest}")
-    assert pulled.id == image.image_id  # the same config, hence the same image
-    pulled.tag(image.repository, image.tag)  # later tests (the CLI) find it by its content tag
-
-    job = _quickstart(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    logs = client.containers.run(
-        f"{image.repository}@{image.digest}",
-        ["python", "-m", "trainers.entry", str(job), "--out", str(out)],
-        volumes={str(job.parent): {"bind": str(job.parent), "mode": "ro"}, str(out): {"bind": str(out), "mode": "rw"}},
-        environment={"HOME": "/tmp", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **SECRETS},
-        user=f"{os.getuid()}:{os.getgid()}", network_mode="none", remove=True, stdout=True, stderr=True,
-    )
-    assert logs, "the entry command printed nothing"
-    _check_checkpoint(out, 2)
 
 
 def test_cli_submit_local_docker(gpu_image, image_spec_data, tmp_path):
