@@ -281,6 +281,12 @@ class _SplitFeed:
             raise self._error
         return self._result
 
+    def abort(self) -> None:
+        """After an error upstream: end the thread (what it wrote is discarded with the run)."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
 
 def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir: Path, rejects: Rejects,
                            counts: dict) -> dict:
@@ -344,10 +350,8 @@ def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir
         threading.Thread(target=_import_plotting, name="import-matplotlib", daemon=True).start()
         tok_stats = {s: feeds[s].close() for s in ("train", "val")}
     finally:
-        for f in feeds.values():  # after an error: stop the threads (their output is discarded)
-            if f._thread.is_alive():
-                f._q.put(None)
-                f._thread.join()
+        for f in feeds.values():
+            f.abort()
         bar.close()
     counts["split"]["kept"] = feeds["train"].n + feeds["val"].n
     for s in ("train", "val"):

@@ -576,7 +576,7 @@ def tpu_memory(shape: ModelShape, spec, acc: Accel) -> Memory:
     from launcher import tpu_plan
 
     try:
-        plan = tpu_plan.plan_for_spec(spec, tpu_plan.ModelShape.from_hf_config(shape.config), acc.name)
+        plan = tpu_plan.plan_for_spec(spec, tpu_plan.LlamaShape.from_hf_config(shape.config), acc.name)
     except (tpu_plan.PlanError, KeyError) as e:
         mem = training_memory(shape, setup_for(spec, acc, acc.devices))
         why = str(e) if isinstance(e, tpu_plan.PlanError) else f"no {e} in the model's config"

@@ -1,6 +1,6 @@
 """Per-chip memory and disk plans for a full fine-tune with EasyLM on a TPU, before anything launches.
 
-Pure arithmetic on a model's shape (`ModelShape`, from a HF config.json) and a run's settings
+Pure arithmetic on a model's shape (`LlamaShape`, from a HF config.json) and a run's settings
 (`Setup`: micro-batch, sequence, accumulation, remat, dtypes, mesh): standard library only, no JAX,
 so the dry-run, the TPU trainer (which renders the same choice into EasyLM's flags) and the
 estimator can all share it.
@@ -104,8 +104,10 @@ def tpu(name: str) -> Tpu:
 # -- the model ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a LLaMA-family model that its memory depends on."""
+class LlamaShape:
+    """The numbers of a LLaMA-family model that its memory depends on, as EasyLM lays it out (its
+    own lm_head always). Not estimate.ModelShape: that one covers every model type the GPU side
+    takes, with its exact parameter count; this one only what EasyLM can train."""
     hidden: int
     layers: int
     heads: int
@@ -115,7 +117,7 @@ class ModelShape:
     tied: bool = False
 
     @classmethod
-    def from_hf_config(cls, cfg: dict) -> "ModelShape":
+    def from_hf_config(cls, cfg: dict) -> "LlamaShape":
         heads = cfg["num_attention_heads"]
         return cls(hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=heads,
                    kv_heads=cfg.get("num_key_value_heads") or heads, intermediate=cfg["intermediate_size"],
@@ -177,7 +179,7 @@ class Memory:
         return ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
 
 
-def memory(shape: ModelShape, s: Setup, *, fused_update: bool = True) -> Memory:
+def memory(shape: LlamaShape, s: Setup, *, fused_update: bool = True) -> Memory:
     """Per-chip bytes of EasyLM's sharded train step for `shape` run as `s`.
 
     The terms are the buffers XLA's compile of that step holds (tests/trainers_tpu/test_xla_memory.py
@@ -265,7 +267,7 @@ class Plan:
         return out
 
 
-def _meshes(shape: ModelShape, devices: int) -> list[tuple[int, int, int]]:
+def _meshes(shape: LlamaShape, devices: int) -> list[tuple[int, int, int]]:
     """Full FSDP, then FSDP x model parallel where EasyLM's partition rules divide the model evenly
     (JAX wants every sharded dimension divisible): fsdp splits the hidden size; mp splits the
     vocabulary, the heads, the kv heads and the MLP."""
@@ -281,7 +283,7 @@ def _meshes(shape: ModelShape, devices: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def choose(shape: ModelShape, tpu_type: str | Tpu, *, rows: int, seq: int, accumulate: int, remat: bool,
+def choose(shape: LlamaShape, tpu_type: str | Tpu, *, rows: int, seq: int, accumulate: int, remat: bool,
            dtype: str = "bf16", param_dtype: str = "fp32") -> Plan:
     """The job's own settings if they fit, else the first of a fixed series of changes that does.
 
@@ -300,7 +302,7 @@ def choose(shape: ModelShape, tpu_type: str | Tpu, *, rows: int, seq: int, accum
     return plan
 
 
-def _search(shape: ModelShape, t: Tpu, first: Setup, tried: list | None = None) -> Plan | None:
+def _search(shape: LlamaShape, t: Tpu, first: Setup, tried: list | None = None) -> Plan | None:
     tried = [] if tried is None else tried
 
     def attempt(s: Setup, why: list[str]) -> Plan | None:
@@ -348,7 +350,7 @@ def _search(shape: ModelShape, t: Tpu, first: Setup, tried: list | None = None) 
     return None
 
 
-def smallest_fit(shape: ModelShape, *, seq: int, dtype: str = "bf16", param_dtype: str = "fp32",
+def smallest_fit(shape: LlamaShape, *, seq: int, dtype: str = "bf16", param_dtype: str = "fp32",
                  kinds: tuple[str, ...] | None = None) -> Plan | None:
     """The first TPU type of CANDIDATES (optionally of these kinds) where some plan fits."""
     for name in CANDIDATES:
@@ -362,7 +364,7 @@ def smallest_fit(shape: ModelShape, *, seq: int, dtype: str = "bf16", param_dtyp
     return None
 
 
-def _no_fit(shape: ModelShape, t: Tpu, best: Plan, seq: int, dtype: str, param_dtype: str) -> str:
+def _no_fit(shape: LlamaShape, t: Tpu, best: Plan, seq: int, dtype: str, param_dtype: str) -> str:
     msg = (f"resources.accelerators: this model ({shape.params() / 1e9:.1f}B parameters with EasyLM's own lm_head) "
            f"does not fit a {t.name}: at least {best.memory.total / GiB:.1f} GiB per chip "
            f"(mesh {best.setup.mesh_dim}, batch {best.setup.global_batch} x {seq}, remat, bf16 moments) "
@@ -378,7 +380,7 @@ def _no_fit(shape: ModelShape, t: Tpu, best: Plan, seq: int, dtype: str, param_d
     return msg + (", or a shorter data.max_length" if seq > 512 else "")
 
 
-def plan_for_spec(spec, shape: ModelShape, tpu_type: str | None = None) -> Plan:
+def plan_for_spec(spec, shape: LlamaShape, tpu_type: str | None = None) -> Plan:
     """`choose()` with a job spec's settings (what both the dry-run and the TPU trainer call)."""
     t = spec.train
     name = tpu_type or (spec.resources.accelerators or "")
@@ -408,7 +410,7 @@ class DiskPlan:
 DISK_BASE_GB = 40
 
 
-def disk_plan(shape: ModelShape, *, hub_download: bool, bucket: bool, state_dtype: str = "fp32",
+def disk_plan(shape: LlamaShape, *, hub_download: bool, bucket: bool, state_dtype: str = "fp32",
               accumulate: int = 1, exports: int = 2) -> DiskPlan:
     """What the VM's disk holds at its fullest: the base model (downloaded, then converted in its
     own 16-bit dtype), and without a bucket the train states and exports of `trainers.tpu.easylm_main`

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from launcher import tpu_plan
-from launcher.tpu_plan import GiB, ModelShape, PlanError, Setup, choose, disk_plan, memory, smallest_fit, tpu
+from launcher.tpu_plan import GiB, LlamaShape, PlanError, Setup, choose, disk_plan, memory, smallest_fit, tpu
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "model_configs"
 
 
-def shape(name: str) -> ModelShape:
-    return ModelShape.from_hf_config(json.loads((CONFIGS / f"{name}.json").read_text()))
+def shape(name: str) -> LlamaShape:
+    return LlamaShape.from_hf_config(json.loads((CONFIGS / f"{name}.json").read_text()))
 
 
 LLAMA2_7B, LLAMA3_8B = shape("llama-2-7b-hf"), shape("llama-3-8b")
@@ -61,7 +61,7 @@ def test_llama2_7b_on_a_v3_8_gets_a_plan_that_fits():
 
 
 def test_a_run_that_fits_is_left_as_it_is():
-    small = ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True)
+    small = LlamaShape(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152, tied=True)
     p = choose(small, "v3-8", rows=2, seq=512, accumulate=2, remat=False)
     assert p.changes == [] and p.setup.moments == "fp32" and not p.setup.remat
     assert (p.setup.rows, p.setup.accumulate, p.setup.mesh) == (2, 2, (1, 8, 1))
@@ -86,7 +86,7 @@ def test_llama3_8b_on_a_v3_8_fits_or_names_the_smallest_tpu_that_does():
 
 
 def test_too_big_anywhere_here_names_the_smallest_tpu():
-    big = ModelShape(hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=28672, vocab=32000)  # 70B class
+    big = LlamaShape(hidden=8192, layers=80, heads=64, kv_heads=8, intermediate=28672, vocab=32000)  # 70B class
     with pytest.raises(PlanError) as e:
         choose(big, "v3-8", rows=1, seq=2048, accumulate=1, remat=True)
     best = smallest_fit(big, seq=2048)
@@ -125,6 +125,6 @@ def test_the_plan_imports_nothing_heavy():
 
 def test_model_parallel_only_where_the_model_divides_evenly():
     # 9 heads (SmolLM2's): no mp of 2, 4 or 8 can split them, so no such mesh is ever chosen.
-    odd = ModelShape(hidden=576 * 8, layers=60, heads=9, kv_heads=3, intermediate=1536 * 8, vocab=49152)
+    odd = LlamaShape(hidden=576 * 8, layers=60, heads=9, kv_heads=3, intermediate=1536 * 8, vocab=49152)
     assert tpu_plan._meshes(odd, 8) == [(1, 8, 1)]
     assert tpu_plan._meshes(LLAMA2_7B, 8) == [(1, 8, 1), (1, 4, 2), (1, 2, 4), (1, 1, 8)]

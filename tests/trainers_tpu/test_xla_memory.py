@@ -47,7 +47,7 @@ def compiled_case(name: str, hub_id: str, tpu_type: str):
     # The whole step, and its forward and backward alone.
     compiled = xla_mirror(argv, plan.tpu.devices, ["step", "backward"])
     xla, xla_backward = compiled["step"], compiled["backward"]
-    shape = tpu_plan.ModelShape.from_hf_config(cfg)
+    shape = tpu_plan.LlamaShape.from_hf_config(cfg)
     print(f"\n{name} on {tpu_type}: " + "\n".join(plan.lines()))
     cpu = tpu_plan.memory(shape, plan.setup, fused_update=False)
     print(f"XLA (CPU, jax {xla['jax']}, compiled in {xla['compile_s']} s): {xla['per_device'] / GiB:.2f} GiB a device "

@@ -169,7 +169,7 @@ def check_train_fields(spec) -> list[str]:
 def memory_plan(spec, tpu_type: str, model_config: dict) -> "tpu_plan.Plan":
     """tpu_plan's choice for this job (FlagError when nothing fits, naming the smallest TPU that does)."""
     try:
-        return tpu_plan.plan_for_spec(spec, tpu_plan.ModelShape.from_hf_config(model_config), tpu_type)
+        return tpu_plan.plan_for_spec(spec, tpu_plan.LlamaShape.from_hf_config(model_config), tpu_type)
     except tpu_plan.PlanError as e:
         raise FlagError(str(e)) from None
 
