@@ -227,8 +227,11 @@ def build(job_file, push, sets):
               help="With --detach, on a cloud job without outputs.bucket: do not leave `launcher sync JOB --watch` "
                    "running here (its checkpoints then go with the cluster at autodown unless you sync them).")
 @click.option("--force", is_flag=True, help="Submit even when the memory estimate says the job cannot fit its accelerator.")
+@click.option("--fresh", is_flag=True,
+              help="Start from step 0: move an earlier run folder of this job aside (kept, renamed with the date) "
+                   "instead of resuming from its checkpoints, which a job run again does by default.")
 @_fail_cleanly
-def submit(job_file, dry_run, detach, no_watch, force, **flags):
+def submit(job_file, dry_run, detach, no_watch, force, fresh, **flags):
     """Run a job: prepare its data, then train, on this machine or a cloud machine.
 
     \b
@@ -238,6 +241,10 @@ def submit(job_file, dry_run, detach, no_watch, force, **flags):
       launcher submit job.yaml --cloud aws --gpus A10G:1 --spot   # relaunched + resumed if preempted
       launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
       launcher submit job.yaml --dry-run --set train.max_steps=10
+      launcher submit job.yaml --fresh              # changed settings: start over, keep the old run aside
+
+    A job submitted again with the same name continues from the newest complete checkpoint in its
+    run folder (or its bucket), here and on a cloud machine alike; --fresh starts it over.
     """
     from launcher import state
     from launcher.runlock import FolderBusy
@@ -249,12 +256,25 @@ def submit(job_file, dry_run, detach, no_watch, force, **flags):
     if not dry_run and not force:
         _estimate_lines(spec, job_file, dry_run=False)  # needs no cloud extra: a job that cannot fit says so first
     backend = _backend(spec.resources.cloud)
+    out_dir = spec.output_dir(Path(job_file).resolve().parent).resolve()
+    if fresh and spec.outputs.bucket:
+        raise LauncherError(f"--fresh: the trainer resumes from the checkpoints in {spec.outputs.bucket}/{spec.name}, "
+                            f"which stay where they are; give this run another name (--set name=...)")
     if dry_run:
-        click.echo(backend.dry_run(spec, Path(job_file)))
+        if fresh and out_dir.is_dir():
+            click.echo(f"# --fresh: {out_dir} would be moved aside (renamed with the date) and the job start from step 0")
+        else:
+            click.echo(backend.dry_run(spec, Path(job_file)))
         _estimate_lines(spec, job_file, dry_run=True)
         return
+    if fresh:
+        from launcher import runlock
+
+        moved = runlock.set_aside(out_dir, "submit --fresh")  # FolderBusy while a job still writes there
+        if moved is not None:
+            click.echo(f"--fresh: moved the earlier run folder to {moved}; this job starts from step 0", err=True)
     job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
-                    spec_yaml=spec.to_yaml(), output_dir=str(spec.output_dir(Path(job_file).resolve().parent).resolve()),
+                    spec_yaml=spec.to_yaml(), output_dir=str(out_dir),
                     accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})
     state.save(job)
     try:

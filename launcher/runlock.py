@@ -117,3 +117,24 @@ def inherited() -> int | None:
     except OSError:
         return None
     return fd
+
+
+def set_aside(folder: str | Path, owner: str) -> Path | None:
+    """Rename an earlier run folder to FOLDER.YYYYmmdd-HHMMSS so that a job starts there from step 0
+    (`submit --fresh`). Kept, never deleted: it holds someone's checkpoints. Done under the folder's
+    lock, so a job still writing into it is refused (FolderBusy) rather than moved from under it.
+    None when there is nothing to set aside."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir() or not any(p.name != LOCK for p in folder.iterdir()):
+        return None
+    fd = acquire(folder, owner)
+    try:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = folder.with_name(f"{folder.name}.{stamp}"), 1
+        while dest.exists():
+            n += 1
+            dest = folder.with_name(f"{folder.name}.{stamp}-{n}")
+        os.rename(folder, dest)
+    finally:
+        os.close(fd)
+    return dest

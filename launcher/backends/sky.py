@@ -69,6 +69,11 @@ def _spec_of(job: "Job") -> "JobSpec":
     return JobSpec.model_validate(yaml.safe_load(job.spec_yaml))
 
 
+def _bytes(folder: Path) -> int:
+    """What a folder uploads: its files, not what its links point to."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
 def cluster_name(job_id: str) -> str:
     from launcher.sky_api import PREFIX
 
@@ -170,9 +175,8 @@ class SkyBackend(Backend):
         return latest_complete(spec.output_dir(job_file.resolve().parent) / "checkpoints")
 
     def _resume_line(self, ckpt: Path) -> str:
-        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-        return (f"resumes from {ckpt.name} synced home ({ckpt}, {size / 1e6:.0f} MB), uploaded with the job; "
-                f"to start over instead, move {ckpt.parent.parent} away")
+        return (f"resumes from {ckpt.name} synced home ({ckpt}, {_bytes(ckpt) / 1e6:.0f} MB), uploaded with the job; "
+                "to start over instead, submit with --fresh")
 
     # -- the Backend interface ---------------------------------------------------------------
     def check(self, spec: "JobSpec") -> None:
@@ -201,7 +205,7 @@ class SkyBackend(Backend):
         home = spec.output_dir(base).resolve()
         if base not in home.parents or not home.is_dir():
             return
-        size = sum(f.stat().st_size for f in home.rglob("*") if f.is_file() and not f.is_symlink())
+        size = _bytes(home)
         if size < UPLOAD_WARN_BYTES:
             return
         from launcher import sky_api
@@ -319,6 +323,8 @@ class SkyBackend(Backend):
             from launcher import sync as sync_lib
 
             # This job continues the run at home: its checkpoints come back into the same folder.
+            # Handed over before the launch, not after: a Ctrl-C during it leaves SkyPilot launching
+            # in the background, and that job's checkpoints must still be let in here.
             sync_lib.hand_over(home_ckpt.parent.parent, job.id)
             print(f"{job.id}: {self._resume_line(home_ckpt)}", file=sys.stderr, flush=True)
         cluster = cluster_name(job.id)

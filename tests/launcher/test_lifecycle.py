@@ -112,6 +112,37 @@ def test_the_lock_is_per_folder_however_spelled_and_dies_with_its_holder(tmp_pat
     os.close(fd)
 
 
+def test_fresh_sets_an_earlier_run_aside_whole_but_never_one_that_is_running(tmp_path):
+    folder = tmp_path / "runs" / "x"
+    assert runlock.set_aside(folder, "fresh") is None  # nothing there: nothing to move
+    (folder / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-4" / "model.safetensors").write_bytes(b"weights")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), "owner-1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(runlock.FolderBusy, match="owner-1"):
+            runlock.set_aside(folder, "fresh")
+        assert (folder / "checkpoints" / "checkpoint-4").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    moved = [runlock.set_aside(folder, "fresh")]
+    (folder / "final").mkdir(parents=True)  # a second run, then a second --fresh in the same second
+    moved.append(runlock.set_aside(folder, "fresh"))
+    assert not folder.exists() and len(set(moved)) == 2
+    assert (moved[0] / "checkpoints" / "checkpoint-4" / "model.safetensors").read_bytes() == b"weights"
+    assert (moved[1] / "final").is_dir() and all(m.name.startswith("x.") for m in moved)
+
+
+def test_fresh_with_a_bucket_is_one_line_and_a_dry_run_says_what_it_would_move(tmp_path):
+    one_line_error(cli("submit", QUICKSTART, "--fresh", "--dry-run", "--set", "outputs.bucket=s3://b/runs"),
+                   "--fresh", "s3://b/runs/", "another name")
+    (tmp_path / "old").mkdir()
+    r = cli("submit", QUICKSTART, "--fresh", "--dry-run", "--set", f"outputs.dir={tmp_path / 'old'}")
+    assert r.returncode == 0 and f"{tmp_path / 'old'} would be moved aside" in r.stdout, r.stdout + r.stderr
+    assert (tmp_path / "old").is_dir()  # a dry run moves nothing
+
+
 # -- one line, exit 2, for everything the hostile user tried -----------------------------------
 
 @pytest.mark.parametrize("setup, args, needles", [

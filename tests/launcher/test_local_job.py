@@ -91,6 +91,17 @@ def test_down_stops_cleanly_with_a_checkpoint_and_a_resubmit_resumes(tmp_path):
     assert first_logged == step + 1
     assert "resum" in log.read_text().lower()
 
+    # --fresh: the same job starts over; the earlier run is kept aside, whole.
+    r = cli("submit", QUICKSTART, "--fresh", "--set", "train.max_steps=2", *common)
+    moved = [p for p in out.parent.iterdir() if p.name.startswith("qs-stop.")]
+    assert len(moved) == 1 and str(moved[0]) in r.stderr, (r.stderr, moved)
+    assert json.loads((moved[0] / "final/trainer_state.json").read_text())["global_step"] == step + 2
+    assert manifest.latest_complete(moved[0] / "checkpoints").name == saved.name
+    fresh_state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert fresh_state["global_step"] == 2
+    assert min(h["step"] for h in fresh_state["log_history"] if "loss" in h) == 1
+    assert "resum" not in log.read_text().lower()
+
 
 def test_a_second_job_on_the_same_output_folder_is_refused(tmp_path):
     # The folder is owned through its lock file, held by a real process, not by what a record says.
