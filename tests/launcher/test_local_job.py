@@ -96,7 +96,8 @@ def test_down_stops_cleanly_with_a_checkpoint_and_a_resubmit_resumes(tmp_path):
     moved = [p for p in out.parent.iterdir() if p.name.startswith("qs-stop.")]
     assert len(moved) == 1 and str(moved[0]) in r.stderr, (r.stderr, moved)
     assert json.loads((moved[0] / "final/trainer_state.json").read_text())["global_step"] == step + 2
-    assert manifest.latest_complete(moved[0] / "checkpoints").name == saved.name
+    kept = manifest.latest_complete(moved[0] / "checkpoints")
+    assert kept.name == f"checkpoint-{step + 2}" and manifest.verify(kept) == []
     fresh_state = json.loads((out / "final" / "trainer_state.json").read_text())
     assert fresh_state["global_step"] == 2
     assert min(h["step"] for h in fresh_state["log_history"] if "loss" in h) == 1
