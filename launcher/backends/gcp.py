@@ -171,7 +171,7 @@ def tpu_report(spec, job_file: Path, *, hf_token: bool) -> TpuReport:
     report.lines.append(f"model config: {source}")
     report.lines += mem.lines()
 
-    shape = tpu_plan.ModelShape.from_hf_config(cfg)
+    shape = tpu_plan.LlamaShape.from_hf_config(cfg)
     gs = bool(spec.outputs.bucket and spec.outputs.bucket.startswith("gs://"))
     limit = spec.train.save_total_limit
     disk = tpu_plan.disk_plan(shape, hub_download=hub, bucket=gs, accumulate=mem.setup.accumulate,
