@@ -86,9 +86,20 @@ def cached_build(name: str, done: str, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)
+        _readable_as_folder(tmp)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     return out
+
+
+def _readable_as_folder(folder: Path) -> None:
+    """Give every file in `folder` the read bits of the folder itself (which mkdir took from the
+    umask). safetensors writes weights 0600, so a cache shared with another user, or read by a
+    job that runs as another user (a Slurm or container job), would hold a model it cannot load."""
+    bits = folder.stat().st_mode & 0o444
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(f.stat().st_mode | bits)
 
 
 def gguf_to_hf(gguf: Path) -> Path:

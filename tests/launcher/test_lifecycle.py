@@ -596,3 +596,29 @@ def test_a_missing_model_path_is_named_as_a_path_not_a_hub_id():
         with pytest.raises(ModelError, match=f"model {ref}: no such file or folder"):
             resolve_model(ref)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_a_cached_model_is_as_readable_as_its_folder(tmp_path, monkeypatch):
+    """safetensors writes weights 0600: a converted model in a cache that another user reads (the
+    job of a Slurm cluster, a container) must still be loadable, so the cache gives each file the
+    folder's read bits; and it builds once."""
+    from launcher.models import cached_build
+
+    monkeypatch.setenv("LAUNCHER_MODEL_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "config.json").write_text("{}")
+        w = tmp / "model.safetensors"
+        w.write_bytes(b"weights")
+        w.chmod(0o600)
+
+    old = os.umask(0o022)
+    try:
+        out = cached_build("m", "config.json", build)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert cached_build("m", "config.json", build) == out and len(calls) == 1
