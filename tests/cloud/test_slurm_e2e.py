@@ -58,8 +58,19 @@ def slurm_env(tmp_path_factory):
                SKYPILOT_DISABLE_USAGE_COLLECTION="1", LAUNCHER_HOME=str(tmp_path_factory.mktemp("lhome")),
                LAUNCHER_NODE_PYTHON=str(NODE_ENV / "bin" / "python"), WANDB_API_KEY=SECRET,
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", NO_COLOR="1")
+    # SkyPilot's state (under HOME) outlives a run on the same machine: a run killed half way leaves
+    # its clusters in it, and the tests count clusters.
+    _down_ours(env)
     yield env
     # Safety net: whatever this module launched goes, and the API server stops.
+    _down_ours(env)
+    _stop_lister(env)
+    subprocess.run(["sky", "api", "stop"], env=env, capture_output=True, timeout=120)
+    subprocess.run([str(REPO / ".ci" / "slurm.sh"), "stop"], env={**os.environ, "BASE": str(BASE)},
+                   capture_output=True, timeout=120)
+
+
+def _down_ours(env) -> None:
     try:
         left = _clusters(env)
     except AssertionError:  # the API server is gone: a failure the test has already reported
@@ -67,10 +78,6 @@ def slurm_env(tmp_path_factory):
     for c in left:
         if c.startswith(("launcher-", "other-")):  # the test's own, by name: this is the test's net
             subprocess.run(["sky", "down", "-y", "--purge", c], env=env, capture_output=True, timeout=300)
-    _stop_lister(env)
-    subprocess.run(["sky", "api", "stop"], env=env, capture_output=True, timeout=120)
-    subprocess.run([str(REPO / ".ci" / "slurm.sh"), "stop"], env={**os.environ, "BASE": str(BASE)},
-                   capture_output=True, timeout=120)
 
 
 _LISTER = """
