@@ -26,7 +26,7 @@ and pass --guide-python /tmp/guide-venv/bin/python --guide-script /tmp/training-
 (without them the guide is left out). Methods run interleaved, in a rotated order every round;
 medians and min-max over rounds, and the median of per-round ratios, are printed.
 
-    python bench/prep_e2e.py [--mb 2,20,200] [--rounds 3] [--max-length 2048]
+    python bench/prep_e2e.py [--mb 2,20,200] [--rounds 3] [--max-length 2048] [--text real|toy]
 """
 from __future__ import annotations
 
@@ -66,12 +66,19 @@ ds.train_test_split(test_size=0.01, seed=0).save_to_disk(out)
 '''
 
 
-def make_jsonl(path: Path, mb: float, seed: int = 0) -> int:
-    """Prompt/answer pairs, 4/5 of the text of 10-80 words each side, 1/5 of 20-600 (bench/prep_tokenize.py's
-    generator): chat turns with a tail of long answers. Returns the row count."""
-    from bench.prep_tokenize import make_pairs
+def make_jsonl(path: Path, mb: float, text: str, seed: int = 0) -> int:
+    """Prompt/answer pairs, 4/5 of the text of 10-80 words each side, 1/5 of 20-600: chat turns with a
+    tail of long answers. `text` "real": words from bench/textgen.py (a real, long-tailed vocabulary);
+    "toy": bench/prep_tokenize.py's 60 common words. Returns the row count."""
+    if text == "real":
+        from bench.textgen import Corpus, make_pairs
 
-    pairs = make_pairs(mb * 0.8, (10, 80), seed) + make_pairs(mb * 0.2, (20, 600), seed + 1)
+        corpus = Corpus(seed)
+        pairs = make_pairs(mb * 0.8, (10, 80), seed, corpus) + make_pairs(mb * 0.2, (20, 600), seed + 1, corpus)
+    else:
+        from bench.prep_tokenize import make_pairs
+
+        pairs = make_pairs(mb * 0.8, (10, 80), seed) + make_pairs(mb * 0.2, (20, 600), seed + 1)
     with open(path, "w", encoding="utf-8") as f:
         for r in pairs:
             f.write(json.dumps(r) + "\n")
@@ -107,6 +114,9 @@ def main() -> int:
     ap.add_argument("--mb", default="2,20,200", help="input sizes in MB (comma-separated)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--text", default="real", choices=["real", "toy"],
+                    help="real: a long-tailed vocabulary from the Python sources on disk (bench/textgen.py); "
+                         "toy: 60 common words")
     ap.add_argument("--python", default=sys.executable, help="the .venv python for launcher and plain")
     ap.add_argument("--guide-python")
     ap.add_argument("--guide-script")
@@ -120,14 +130,15 @@ def main() -> int:
            "TOKENIZERS_PARALLELISM": "true"}
     tmp = Path(tempfile.mkdtemp(prefix="prep-e2e-"))
     (tmp / "plain.py").write_text(PLAIN)
-    print(f"{os.cpu_count()} cores; max_length {args.max_length}; SmolLM2 tokenizer; fresh process per run; {tmp}")
+    print(f"{os.cpu_count()} cores; max_length {args.max_length}; SmolLM2 tokenizer; {args.text} text; "
+          f"fresh process per run; {tmp}")
     ok = True
     try:
         for mb in (float(x) for x in args.mb.split(",")):
             case = tmp / f"{mb:g}MB"
             case.mkdir()
             src = case / "pairs.jsonl"
-            rows = make_jsonl(src, mb)
+            rows = make_jsonl(src, mb, args.text)
             job_yaml(case / "job.yaml", src, args.max_length)
             size = src.stat().st_size / 1e6
 

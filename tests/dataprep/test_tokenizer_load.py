@@ -49,3 +49,21 @@ def test_model_specific_tokenizer_class_goes_through_autotokenizer(smollm2_dir, 
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     t = load_tokenizer(str(folder))
     assert not isinstance(t, FastTokenizer) and t.is_fast
+
+
+def test_same_ids_as_autotokenizer_on_a_long_tailed_vocabulary(smollm2_dir, tokenizer):
+    """On far more distinct words than a BPE model's word cache holds (10 000), some past the
+    cache's longest word, and on second sight of each (cache hits where there was room), the ids
+    of the batch encoder data prep uses are AutoTokenizer's."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyzéüß東京0123456789_-'"
+    words = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))) for _ in range(30_000)}
+    words = sorted(words) + ["x" * 300, "Pneumonoultramicroscopicsilicovolcanoconiosis", "2026-12-02T01:25:53Z"]
+    texts = [" ".join(rng.sample(words, 40)) for _ in range(1500)]
+    ours = load_tokenizer(str(smollm2_dir))
+    want = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for _ in range(2):  # the second pass is answered from the cache the first one filled
+        got = [e.ids for e in ours.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        assert got == want
