@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import socket
 import subprocess
@@ -85,35 +86,45 @@ import json, sys
 import sky
 for _ in sys.stdin:
     try:
-        print(json.dumps([c["name"] for c in sky.get(sky.status())]), flush=True)
+        print("CLUSTERS", json.dumps([c["name"] for c in sky.get(sky.status())]), flush=True)
     except Exception as e:
-        print(json.dumps({"error": repr(e)}), flush=True)
+        print("CLUSTERS", json.dumps({"error": repr(e)}), flush=True)
 """
-_listers: dict[str, subprocess.Popen] = {}
+_listers: dict[str, tuple[subprocess.Popen, queue.Queue]] = {}
 
 
 def _clusters(env) -> list[str]:
     """The clusters SkyPilot knows, asked of its API server. One process per API server imports
     sky once and answers every poll: a fresh `import sky` costs 3-10 s of this machine's CPU, and
     the polls would take it from the jobs under test."""
-    import select
+    import threading
 
     port = env["SKYPILOT_API_SERVER_LOCAL_PORT"]
-    p = _listers.get(port)
-    if p is None or p.poll() is not None:
-        p = _listers[port] = subprocess.Popen([sys.executable, "-c", _LISTER], env=env, stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, text=True)
+    if port not in _listers or _listers[port][0].poll() is not None:
+        p = subprocess.Popen([sys.executable, "-c", _LISTER], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in p.stdout] + [lines.put("")], daemon=True).start()
+        _listers[port] = (p, lines)
+    p, lines = _listers[port]
     p.stdin.write("\n")
     p.stdin.flush()
-    ready, _, _ = select.select([p.stdout], [], [], 300)
-    assert ready, "sky.status() gave no answer in 300 s"
-    names = json.loads(p.stdout.readline() or '{"error": "the lister exited"}')
+    deadline = time.time() + 300
+    while True:  # sky prints its own lines too (starting the API server, ...): the answer is marked
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.time()))
+        except queue.Empty:
+            raise AssertionError("sky.status() gave no answer in 300 s") from None
+        assert line, "the cluster lister exited"
+        if line.startswith("CLUSTERS "):
+            break
+    names = json.loads(line.split(" ", 1)[1])
     assert isinstance(names, list), names
     return names
 
 
 def _stop_lister(env) -> None:
-    p = _listers.pop(env["SKYPILOT_API_SERVER_LOCAL_PORT"], None)
+    p, _ = _listers.pop(env["SKYPILOT_API_SERVER_LOCAL_PORT"], (None, None))
     if p is not None:
         p.stdin.close()
         p.wait(timeout=60)
