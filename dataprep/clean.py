@@ -67,9 +67,16 @@ _APOSTROPHES = re.compile(r"['\u2019\u2018\u02bc`\u00b4]")
 _NON_WORD = re.compile(r"[\W_]+")
 
 
+# The same for ASCII text with byte operations (3x faster; most texts are ASCII): apostrophes
+# deleted, every other byte that is not a letter or digit a space, then the spaces collapsed.
+_ASCII_MAP = bytes(c if chr(c).isalnum() and c < 128 else 32 for c in range(256))
+
+
 def normalize_for_match(s: str) -> str:
     """Lowercase, apostrophes dropped ("I’m" -> "im", "can't" -> "cant"), every other run of
     punctuation and space a single space, padded with one space either side."""
+    if s.isascii():
+        return " " + " ".join(s.lower().encode().translate(_ASCII_MAP, b"'`").decode().split()) + " "
     return " " + _NON_WORD.sub(" ", _APOSTROPHES.sub("", s.lower())).strip() + " "
 
 
@@ -96,9 +103,11 @@ _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)[ \t]*")
 class Boilerplate:
     def __init__(self, cfg: CleanConfig):
         # Word patterns: each begins with \b and a word character. In normalize_for_match's text a word
-        # always follows a space, so these run behind one (?<= ) lookbehind: the engine then tries the
-        # alternation only at spaces, not at every character (2.8x faster on chat answers, the same
-        # matches). The users' own regular expressions may begin with anything and run unanchored.
+        # always follows a space, so these run after one literal space: the engine then skips to the
+        # next space and tries the alternation only there, not at every character (3.2x faster on chat
+        # answers than unanchored, the same matches). The users' own regular expressions may begin
+        # with anything and run unanchored; beside them, the space is a lookbehind (2.8x), so that one
+        # of theirs that matches at a space still counts as further left than a word after it.
         words = dict(BOILERPLATE_PATTERNS) if cfg.boilerplate_default else {}
         for i, phrase in enumerate(cfg.boilerplate_extra, 1):
             ws = normalize_for_match(phrase).split()
@@ -111,7 +120,8 @@ class Boilerplate:
         # hit (the earlier pattern on a tie), and m.lastgroup names the family
         alts = []
         if words:
-            alts.append("(?<= )(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(words.values())) + ")")
+            anchor = "(?<= )" if regexes else " "
+            alts.append(anchor + "(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(words.values())) + ")")
         alts += [f"(?P<p{len(words) + i}>{p})" for i, p in enumerate(regexes.values())]
         self.find = re.compile("|".join(alts) or "(?!)")
 

@@ -21,7 +21,6 @@ import hashlib
 import re
 import sqlite3
 import zlib
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -59,28 +58,64 @@ def shingle_array(rec: dict) -> np.ndarray:
 
 _M1, _M2, _M3 = np.uint64(0x9E3779B1), np.uint64(0x85EBCA77), np.uint64(0xFFFFFFFF)
 
+# Bytes that belong to a word. Among ASCII characters \w matches exactly [0-9A-Za-z_]; a text with
+# other characters is first rebuilt as its \w+ words joined by spaces (`_words_text`), after which
+# every byte other than a space or the record separator belongs to a word.
+_IS_WORD = np.zeros(256, dtype=bool)
+_IS_WORD[list(b"0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")] = True
+_IS_WORD[0x80:] = True
+_P = 0x100000001B3  # odd, so invertible modulo 2^64
+_POWERS: list[np.ndarray] = []  # [P^i, P^-i] mod 2^64, grown as needed
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if not _POWERS or len(_POWERS[0]) < n:
+        m = max(n, 1 << 16, 2 * len(_POWERS[0]) if _POWERS else 0)
+        _POWERS[:] = [np.cumprod(np.concatenate([np.ones(1, np.uint64), np.full(m - 1, p, np.uint64)]))
+                      for p in (_P, pow(_P, -1, 1 << 64))]  # integer products wrap: arithmetic mod 2^64
+    return _POWERS[0][:n], _POWERS[1][:n]
+
+
+def _words_text(rec: dict) -> str:
+    """All fields, casefolded; a text with non-ASCII characters as its words joined by spaces."""
+    t = " ".join(fields(rec)).casefold()
+    return t if t.isascii() else " ".join(_WORD.findall(t))
+
 
 def _shingle_flat(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """The 3-gram hashes of every record in one array, each record's sorted and distinct, and the
-    offset where each record's run starts (every record has at least one). One CRC-32 a word, mixed
-    three at a time with numpy, not a SHA-1 a 3-gram (profiled: hashing was most of the dedup time);
-    the words of a whole batch are hashed in one pass, with no Python frame per word, and one sort
-    of (record, hash) pairs makes every record's set at once."""
-    words = [_WORD.findall(" ".join(fields(r)).casefold()) for r in recs]
-    lens = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    total = int(lens.sum())
-    h = np.fromiter(map(zlib.crc32, map(str.encode, chain.from_iterable(words))), dtype=np.uint64, count=total)
-    rid = np.repeat(np.arange(len(recs), dtype=np.uint64), lens)
+    offset where each record's run starts (every record has at least one).
+
+    No Python per word (profiled: word splitting and hashing were most of the signing time): the
+    batch's texts become one byte array, words are runs of word bytes, and each word's hash is a
+    polynomial hash mod 2^64 read off one prefix sum (H[end] - H[start], scaled by P^-start); 3-grams
+    mix three word hashes, and one sort of (record, hash) pairs makes every record's set at once."""
+    texts = [_words_text(r) for r in recs]
+    raw = "\n".join(texts).encode()
+    b = np.frombuffer(raw, dtype=np.uint8)
+    n = len(b)
+    edge = np.flatnonzero(np.diff(np.concatenate([[False], _IS_WORD[b], [False]]).view(np.int8)))
+    ws, we = edge[0::2], edge[1::2]  # each word's first byte, and the byte after its last
+    pw, pinv = _powers(n + 1)
+    prefix = np.zeros(n + 1, dtype=np.uint64)
+    np.cumsum(b * pw[:n], out=prefix[1:])
+    h = (prefix[we] - prefix[ws]) * pinv[ws]  # sum of the word's bytes times P^i, i from 0
+    h = ((h ^ (h >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(32)
+    # each record's text ends at a newline in raw (ASCII texts: as many bytes as characters)
+    ends = np.cumsum(np.fromiter((len(t) if t.isascii() else len(t.encode()) for t in texts),
+                                 dtype=np.int64, count=len(texts)) + 1)
+    rid = np.searchsorted(ends, ws, side="right").astype(np.uint64)
+    lens = np.bincount(rid.astype(np.int64), minlength=len(recs))
     ok = rid[:-2] == rid[2:]  # the 3-gram lies within one record
     tri = (h[:-2][ok] * _M1 + h[1:-1][ok] * _M2 + h[2:][ok]) & _M3
     keys = [(rid[:-2][ok] << np.uint64(32)) | tri]
     short = np.flatnonzero(lens < 3)  # fewer than three words: the words themselves, as one hash
     if len(short):
         keys.append((short.astype(np.uint64) << np.uint64(32))
-                    | np.array([zlib.crc32(" ".join(words[i]).encode()) for i in short], dtype=np.uint64))
+                    | np.array([zlib.crc32(" ".join(_WORD.findall(texts[i])).encode()) for i in short], dtype=np.uint64))
     # sorted, then the repeats dropped: np.unique would hash them first (numpy >= 2.3), 10x slower here
     keys = np.sort(np.concatenate(keys))
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
     starts = np.searchsorted(keys >> np.uint64(32), np.arange(len(recs), dtype=np.uint64))
     return (keys & _M3).astype(np.uint32), starts
 

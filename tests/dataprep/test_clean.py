@@ -140,14 +140,16 @@ def test_drop_names_the_family_and_cut_keeps_the_rest():
     assert rec["input"].startswith("I'm sorry")
 
 
-def test_one_search_finds_what_each_pattern_finds_alone():
-    """The combined search (word patterns behind a lookbehind, the users' regexes unanchored) names the
+@pytest.mark.parametrize("regexes", [[r"ponse\b", r"^\s*ok\b", r"\s+as an?\b"], []])
+def test_one_search_finds_what_each_pattern_finds_alone(regexes):
+    """The combined search (word patterns after a space, the users' regexes unanchored) names the
     leftmost hit of the patterns run one by one, the earlier pattern on a tie: texts with refusals
-    embedded at various places, two in one text, near-misses, and a user regex that starts mid-word."""
-    cfg = CleanConfig(boilerplate_extra=["brought to you by acme"], boilerplate_patterns=[r"ponse\b", r"^\s*ok\b"])
+    embedded at various places, two in one text, near-misses, and user regexes that start mid-word or
+    at a space; with and without user regexes (the word patterns are anchored differently)."""
+    cfg = CleanConfig(boilerplate_extra=["brought to you by acme"], boilerplate_patterns=regexes)
     bp = Boilerplate(cfg)
     alone = [re.compile(p) for p in BOILERPLATE_PATTERNS.values()]
-    alone += [re.compile(r"\bbrought\sto\syou\sby\sacme\b"), re.compile(r"ponse\b"), re.compile(r"^\s*ok\b")]
+    alone += [re.compile(r"\bbrought\sto\syou\sby\sacme\b")] + [re.compile(p) for p in regexes]
     texts = [t for t, _ in REFUSALS] + NEAR_MISSES + ["OK, fine.", "Brought to you by ACME."]
     texts += [f"Sure thing. {a} Then: {b}" for a, _ in REFUSALS[::3] for b, _ in REFUSALS[1::5]]
     texts += [f"{n} and so on; a response. {t}" for n, (t, _) in zip(NEAR_MISSES, REFUSALS[::2])]
@@ -156,6 +158,26 @@ def test_one_search_finds_what_each_pattern_finds_alone():
         hits = [(m.start(), i) for i, rx in enumerate(alone) if (m := rx.search(norm))]
         want = bp.names[min(hits)[1]] if hits else None
         assert bp.search(t) == want, (t, bp.search(t), want)
+
+
+def test_ascii_and_unicode_normalization_agree():
+    """normalize_for_match takes a byte path for ASCII text; it gives what the regular expressions give
+    (apostrophes dropped, every other run of punctuation, underscores and space one space)."""
+    import random
+    import string
+
+    def by_regex(s: str) -> str:
+        s = re.sub(r"['\u2019\u2018\u02bc`\u00b4]", "", s.lower())
+        return " " + re.sub(r"[\W_]+", " ", s).strip() + " "
+
+    rng = random.Random(0)
+    alphabet = string.printable + "  __''``"
+    texts = ["", " ", "'", "I'm_here", "can't -- won`t!", "A\tB\nC\rD\x0bE\x0cF", "x\x00y\x1fz\x7f"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(2000)]
+    for t in texts:
+        assert t.isascii() and normalize_for_match(t) == by_regex(t), repr(t)
+    for t in ["I’m ÉTÉ – déjà‐vu", "naïve café_au_lait", "日本語 テキスト"]:  # the other path
+        assert normalize_for_match(t) == by_regex(t)
 
 
 def test_a_bad_user_pattern_is_one_line():

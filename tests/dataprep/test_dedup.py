@@ -169,3 +169,44 @@ def test_templated_rows_stay_cheap(tmp_path):
     d.close()
     assert got == [None] * 600 == _reference(recs, DedupConfig(threshold=0.9))
     assert st["candidate_pairs_checked"] <= 600 * st["bands"] * BAND_CAP < 600 * 599 / 2  # not all earlier rows
+
+
+def test_similarity_is_the_jaccard_of_word_3grams_on_any_text():
+    """The hashed 3-gram sets (bytes scanned with numpy; text with non-ASCII characters rebuilt from
+    its \\w+ words first) give the Jaccard of the real word 3-gram sets, computed here with the regular
+    expression and Python sets, on ugly text: accents, CJK, emoji, curly quotes, underscores, digits,
+    tabs, no-break spaces, casefolding (ß -> ss), combining marks, texts of 0-2 words, and pairs with
+    one of each kind, batched as the Signer batches them."""
+    import re
+
+    rng = random.Random(3)
+    vocab = ["river", "Stone", "ÉTÉ", "déjà", "naïve", "日本語", "テキスト", "🙂", "don’t", "STRASSE", "straße",
+             "foo_bar", "__init__", "x86", "3.14", "a\u0301b", "—", "...", "can't", "İstanbul", "ǅemo", "\u00a0",
+             "\t", "\n", "Ω", "ω"]
+
+    def words(rec):
+        return re.findall(r"\w+", " ".join(rec.values()).casefold())
+
+    def grams(rec):
+        w = words(rec)
+        return {tuple(w[i:i + 3]) for i in range(len(w) - 2)} if len(w) >= 3 else {tuple(w)}
+
+    recs = [{"text": ""}, {"text": "one"}, {"text": "two words"}, {"text": "Two, WORDS!"}, {"text": "... --"}]
+    for _ in range(300):
+        base = [rng.choice(vocab) for _ in range(rng.randint(3, 40))]
+        recs.append({"input": " ".join(base[:len(base) // 2]), "output": " ".join(base[len(base) // 2:])})
+        copy = list(base)
+        for _ in range(rng.randint(0, 3)):
+            copy[rng.randrange(len(copy))] = rng.choice(vocab)
+        sep = rng.choice([" ", "  ", "\t", " , ", "\u00a0"])
+        recs.append({"text": sep.join(copy)})
+    sh = [shingle_array(r) for r in recs]
+    assert [len(s) for s in sh] == [len(grams(r)) for r in recs]
+    from dataprep.dedup import shingle_batch
+
+    assert all((a == b).all() for a, b in zip(shingle_batch(recs), sh))  # batched as the Signer does
+    pairs = [(i, i + 1) for i in range(5, len(recs), 2)] + [(i, j) for i in range(5) for j in range(len(recs))]
+    pairs += [(rng.randrange(len(recs)), rng.randrange(len(recs))) for _ in range(2000)]
+    for i, j in pairs:
+        gi, gj = grams(recs[i]), grams(recs[j])
+        assert jaccard(sh[i], sh[j]) == pytest.approx(len(gi & gj) / len(gi | gj)), (recs[i], recs[j])
