@@ -117,17 +117,24 @@ class Boilerplate:
         self.mode = cfg.boilerplate if words or regexes else "off"
         self.names = list(words) + list(regexes)
         # one alternation of named groups, in the order of self.names: one search a text, the leftmost
-        # hit (the earlier pattern on a tie), and m.lastgroup names the family
-        alts = []
-        if words:
-            anchor = "(?<= )" if regexes else " "
-            alts.append(anchor + "(?:" + "|".join(f"(?P<p{i}>{p})" for i, p in enumerate(words.values())) + ")")
-        alts += [f"(?P<p{len(words) + i}>{p})" for i, p in enumerate(regexes.values())]
-        self.find = re.compile("|".join(alts) or "(?!)")
+        # hit (the earlier pattern on a tie), and m.lastgroup names the family. Most texts hold none, and
+        # the same alternation without the groups says so 2.4x faster (the engine's quick first-character
+        # test of each branch does not look past a group's start): it runs first, the named one on a hit.
+        def alternation(group) -> str:
+            alts = []
+            if words:
+                anchor = "(?<= )" if regexes else " "
+                alts.append(anchor + "(?:" + "|".join(group(i, p) for i, p in enumerate(words.values())) + ")")
+            alts += [group(len(words) + i, p) for i, p in enumerate(regexes.values())]
+            return "|".join(alts) or "(?!)"
+
+        self.find = re.compile(alternation(lambda i, p: f"(?P<p{i}>{p})"))
+        self._any = re.compile(alternation(lambda i, p: f"(?:{p})"))
 
     def search(self, s: str) -> str | None:
         """The name of the first pattern found in s, or None."""
-        m = self.find.search(normalize_for_match(s))
+        norm = normalize_for_match(s)
+        m = self._any.search(norm) and self.find.search(norm)
         return self.names[int(m.lastgroup[1:])] if m else None
 
     def apply(self, s: str) -> tuple[str, str | None]:

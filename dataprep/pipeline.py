@@ -182,7 +182,8 @@ def _deduped(cfg: DataConfig, base_dir: Path, rejects: Rejects, counts: dict, de
         for src in cfg.sources:
             yield from read_source(src, base_dir, rejects)
 
-    workers = cfg.workers or (_cores() if _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
+    workers = cfg.workers or (_cores() if _cores() >= PARALLEL_CORES and _input_bytes(cfg, base_dir) > PARALLEL_FROM
+                              else 1)
     with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
         for batch in _cleaned(raws(), cfg, workers):
             bar.update(len(batch))
@@ -371,6 +372,11 @@ def _import_plotting() -> None:
 
 
 PARALLEL_FROM = 16 << 20  # bytes of input; below it, starting worker processes costs more than it saves
+# Cores from which cleaning and signing go to worker processes. On fewer, the tokenizer's threads
+# already keep every core busy (on real text it is over half of all the CPU time), and workers only
+# add copying between processes: on 2 cores and 21 MB, in-process was 6% faster on text with a real
+# vocabulary and the same on the 60-word one (bench/prep_e2e.py inputs, 5-6 runs each).
+PARALLEL_CORES = 4
 _BATCH = 500  # records a worker takes at a time
 _worker: dict = {}
 
@@ -430,8 +436,11 @@ def _cleaned(raws, cfg: DataConfig, workers: int):
     import multiprocessing
     from collections import deque
 
-    # forkserver: a fork of this process would copy the tokenizer's threads' state
+    # forkserver: a fork of this process would copy the tokenizer's threads' state. The server
+    # imports this module (numpy, pydantic: 0.2-0.3 s of CPU) once, before it forks the workers;
+    # otherwise each worker imports it again (a no-op once the server runs).
     ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])
     with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         pending = deque()
         for batch in batches():

@@ -117,7 +117,7 @@ class DataConfig(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Diversity clustering (optional).")
     chunk_size: int = Field(2000, gt=0, description="Examples tokenized per batch (memory grows with this, not the input).")
     workers: int = Field(0, ge=0, description="Processes that clean and sign examples for dedup; 0: one per core "
-                                              "for inputs over 16 MB, else none.")
+                                              "for inputs over 16 MB on 4 or more cores, else none.")
 
     @field_validator("prompt_template")
     @classmethod
