@@ -50,25 +50,41 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def slurm_env(tmp_path_factory):
     """The Slurm cluster up, and the environment a user's shell would have to reach it."""
-    setup = subprocess.run([str(REPO / ".ci" / "slurm.sh")], env={**os.environ, "BASE": str(BASE),
-                           "NODE_PYTHON_ENV": str(NODE_ENV)}, capture_output=True, text=True, timeout=900)
-    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
     env = {k: v for k, v in os.environ.items()
            if k not in ("SKY_RUNTIME_DIR", "SKYPILOT_DISABLE_LOCAL_API_SERVER")}
     env.update(HOME=str(BASE / "home"), SKYPILOT_API_SERVER_LOCAL_PORT=str(_free_port()),
                SKYPILOT_DISABLE_USAGE_COLLECTION="1", LAUNCHER_HOME=str(tmp_path_factory.mktemp("lhome")),
                LAUNCHER_NODE_PYTHON=str(NODE_ENV / "bin" / "python"), WANDB_API_KEY=SECRET,
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", NO_COLOR="1")
-    # SkyPilot's state (under HOME) outlives a run on the same machine: a run killed half way leaves
-    # its clusters in it, and the tests count clusters.
-    _down_ours(env)
-    yield env
-    # Safety net: whatever this module launched goes, and the API server stops.
-    _down_ours(env)
-    _stop_lister(env)
-    subprocess.run(["sky", "api", "stop"], env=env, capture_output=True, timeout=120)
-    subprocess.run([str(REPO / ".ci" / "slurm.sh"), "stop"], env={**os.environ, "BASE": str(BASE)},
-                   capture_output=True, timeout=120)
+    try:
+        setup = subprocess.run([str(REPO / ".ci" / "slurm.sh")], env={**os.environ, "BASE": str(BASE),
+                               "NODE_PYTHON_ENV": str(NODE_ENV)}, capture_output=True, text=True, timeout=900)
+        assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+        # SkyPilot's state (under HOME) outlives a run on the same machine: a run killed half way
+        # leaves its clusters in it, and the tests count clusters.
+        _down_ours(env)
+        yield env
+    finally:
+        _teardown(env)
+
+
+def _teardown(env) -> None:
+    """The safety net: whatever this module launched goes, then the API server and Slurm stop. Every
+    step is tried whatever the one before did (a failed setup too), and a failed one is reported."""
+    def stop_api_server(env):
+        subprocess.run(["sky", "api", "stop"], env=env, capture_output=True, timeout=120)
+
+    def stop_slurm(env):
+        subprocess.run([str(REPO / ".ci" / "slurm.sh"), "stop"], env={**os.environ, "BASE": str(BASE)},
+                       capture_output=True, timeout=120)
+
+    errors = []
+    for step in (_down_ours, _stop_lister, stop_api_server, stop_slurm):
+        try:
+            step(env)
+        except Exception as e:  # the next steps must still run
+            errors.append(f"{step.__name__}: {e!r}")
+    assert not errors, errors
 
 
 def _down_ours(env) -> None:
@@ -104,7 +120,7 @@ def _clusters(env) -> list[str]:
         p = subprocess.Popen([sys.executable, "-c", _LISTER], env=env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(ln) for ln in p.stdout] + [lines.put("")], daemon=True).start()
+        threading.Thread(target=_pump, args=(p.stdout, lines), daemon=True).start()
         _listers[port] = (p, lines)
     p, lines = _listers[port]
     p.stdin.write("\n")
@@ -121,6 +137,13 @@ def _clusters(env) -> list[str]:
     names = json.loads(line.split(" ", 1)[1])
     assert isinstance(names, list), names
     return names
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    """The lister's output lines into a queue, then "" when it ends (a reader with a timeout on a pipe)."""
+    for line in stream:
+        lines.put(line)
+    lines.put("")
 
 
 def _stop_lister(env) -> None:
