@@ -263,8 +263,7 @@ def submit(job_file, dry_run, detach, no_watch, force, fresh, **flags):
     if dry_run:
         if fresh and out_dir.is_dir():
             click.echo(f"# --fresh: {out_dir} would be moved aside (renamed with the date) and the job start from step 0")
-        else:
-            click.echo(backend.dry_run(spec, Path(job_file)))
+        click.echo(backend.dry_run(spec, Path(job_file), fresh=fresh))
         _estimate_lines(spec, job_file, dry_run=True)
         return
     if fresh:

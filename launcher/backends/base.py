@@ -58,8 +58,9 @@ class Backend:
             if asked and cap in self.cannot:
                 raise BackendError(self.cannot[cap])
 
-    def dry_run(self, spec: "JobSpec", job_file: Path) -> str:
-        """What submit would run, secrets masked, and whether it validates; launches nothing."""
+    def dry_run(self, spec: "JobSpec", job_file: Path, *, fresh: bool = False) -> str:
+        """What submit would run, secrets masked, and whether it validates; launches nothing. `fresh`:
+        as `submit --fresh` would run it, after the earlier run folder is set aside (no resuming)."""
         raise NotImplementedError
 
     def submit(self, job: "Job", spec: "JobSpec", *, detach: bool = True) -> "Job":

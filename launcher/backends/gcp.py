@@ -65,9 +65,10 @@ class GCPBackend(SkyBackend):
             raise BackendError(f"--spot on a TPU: a preempted VM is relaunched and resumes from EasyLM's train state "
                                f"in outputs.bucket, which must be gs://... (now: {bucket or 'not set'})")
 
-    def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None, resolved: Path) -> dict:
+    def render(self, spec, job_file: Path, *, secrets: dict[str, str], image: str | None, resolved: Path,
+               resume: bool = True) -> dict:
         report = tpu_report(spec, Path(job_file), hf_token=bool(secrets.get("HF_TOKEN")))
-        task = super().render(spec, job_file, secrets=secrets, image=image, resolved=resolved)
+        task = super().render(spec, job_file, secrets=secrets, image=image, resolved=resolved, resume=resume)
         if report.disk_size:
             task["resources"]["disk_size"] = report.disk_size
         return task
@@ -77,8 +78,8 @@ class GCPBackend(SkyBackend):
     def _report(self, spec, job_file: Path) -> TpuReport:
         return tpu_report(spec, Path(job_file), hf_token=bool(self.secret_values(spec).get("HF_TOKEN")))
 
-    def dry_run(self, spec, job_file: Path) -> str:
-        out = super().dry_run(spec, job_file)
+    def dry_run(self, spec, job_file: Path, *, fresh: bool = False) -> str:
+        out = super().dry_run(spec, job_file, fresh=fresh)
         plan = "\n".join(f"# {line}" for line in self._report(spec, job_file).lines)
         return out.replace("# nothing was launched", plan + "\n# nothing was launched")
 

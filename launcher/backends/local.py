@@ -213,9 +213,9 @@ class LocalBackend(Backend):
             raise BackendError("cloud local trains on this machine and needs the gpu extra "
                                f"(missing: {', '.join(missing)}): pip install 'llm-launcher[gpu]'")
 
-    def dry_run(self, spec, job_file: Path) -> str:
+    def dry_run(self, spec, job_file: Path, *, fresh: bool = False) -> str:
         if spec.resources.docker:
-            return self._docker().dry_run(spec, job_file)
+            return self._docker().dry_run(spec, job_file, fresh=fresh)
         base = job_file.resolve().parent
         out = spec.output_dir(base)
         secrets = {k: ("***" if os.environ.get(k) else "(not set)") for k in spec.secrets}

@@ -95,7 +95,7 @@ class LocalDockerBackend(Backend):
         command = ["python", "-m", "trainers.entry", str(out / "job.yaml"), "--out", str(out), "--base-dir", str(base)]
         return out, base, volumes, command
 
-    def dry_run(self, spec, job_file: Path) -> str:
+    def dry_run(self, spec, job_file: Path, *, fresh: bool = False) -> str:
         from launcher.build import content_tag, repository
 
         out, base, volumes, command = self._plan(None, spec, Path(job_file))

@@ -119,7 +119,7 @@ class SkyBackend(Backend):
         return True
 
     def render(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
-               resolved: Path) -> dict:
+               resolved: Path, resume: bool = True) -> dict:
         """The SkyPilot task (a plain dict) for `spec`; `job_file` is the user's job file (its folder is
         the workdir), `resolved` the fully resolved job (`launcher.spec.write_resolved`), which the
         node runs: every command-line override reaches the machine."""
@@ -150,7 +150,7 @@ class SkyBackend(Backend):
         envs["LAUNCHER_JOB"] = NODE_JOB
         task["file_mounts"] = {NODE_JOB: str(resolved)}
         envs["LAUNCHER_OUT"] = f"{NODE_OUT}/{spec.name}"
-        home_ckpt = self.home_checkpoint(spec, job_file)
+        home_ckpt = self.home_checkpoint(spec, job_file) if resume else None
         if home_ckpt is not None:  # the trainer finds it in its run folder and resumes from it
             task["file_mounts"][f"{NODE_OUT}/{spec.name}/checkpoints/{home_ckpt.name}"] = str(home_ckpt)
         envs["LAUNCHER_PYTHON"] = self.node_python()
@@ -220,11 +220,11 @@ class SkyBackend(Backend):
                            f"repository), or set outputs.dir to a folder outside it")
 
     def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
-                 resolved: Path) -> tuple[dict, dict]:
+                 resolved: Path, resume: bool = True) -> tuple[dict, dict]:
         from launcher import sky_api
 
         self.check_travels(spec, job_file)
-        task = self.render(spec, job_file, secrets=secrets, image=image, resolved=resolved)
+        task = self.render(spec, job_file, secrets=secrets, image=image, resolved=resolved, resume=resume)
         try:
             plan = sky_api.validate(task, optimize=self.optimize_offline)
         except sky_api.SkyError as e:
@@ -233,7 +233,7 @@ class SkyBackend(Backend):
 
     optimize_offline: ClassVar[bool] = True  # Slurm's "catalog" is the live cluster: validated at launch
 
-    def dry_run(self, spec: "JobSpec", job_file: Path) -> str:
+    def dry_run(self, spec: "JobSpec", job_file: Path, *, fresh: bool = False) -> str:
         """The rendered SkyPilot task with secrets masked, the job file the machine will run, and
         SkyPilot's verdict on it."""
         from launcher import state
@@ -242,7 +242,8 @@ class SkyBackend(Backend):
         secrets = {k: MASK for k in self.secret_values(spec)}
         image, image_note = self._image_or_placeholder(spec)
         resolved = write_resolved(spec, state.home() / "dry-run" / spec.name)
-        task, plan = self.validate(spec, Path(job_file), secrets=secrets, image=image, resolved=resolved)
+        task, plan = self.validate(spec, Path(job_file), secrets=secrets, image=image, resolved=resolved,
+                                   resume=not fresh)
         missing = [n for n in spec.secrets if n not in secrets]
         lines = [f"# SkyPilot task for job {spec.name} on {self.name} (secrets masked)", yaml.safe_dump(task, sort_keys=False).rstrip()]
         lines.append(f"# {NODE_JOB}, the job file the machine runs (every override applied, secrets only named):")
@@ -253,7 +254,7 @@ class SkyBackend(Backend):
         if image_note:
             lines.append(image_note)
         lines += self._command_lines(spec)
-        home_ckpt = self.home_checkpoint(spec, Path(job_file))
+        home_ckpt = None if fresh else self.home_checkpoint(spec, Path(job_file))
         if home_ckpt is not None:
             lines.append(f"# {self._resume_line(home_ckpt)}")
         if spec.resources.spot:

@@ -280,6 +280,10 @@ def test_a_job_submitted_again_takes_its_newest_complete_checkpoint_from_home(qu
     assert task["file_mounts"][f"{node_out}/checkpoints/checkpoint-4"] == str(home / "checkpoints" / "checkpoint-4")
     assert len(task["file_mounts"]) == 2  # the job file and that checkpoint
     assert "# resumes from checkpoint-4 synced home" in out
+    # As `submit --fresh` would run it: the run folder is set aside first, so nothing is resumed.
+    out = get_backend("lambda").dry_run(spec, quickstart_job, fresh=True)
+    task = yaml.safe_load("\n".join(l for l in out.splitlines() if not l.startswith("#")))
+    assert list(task["file_mounts"]) == [task["envs"]["LAUNCHER_JOB"]] and "synced home" not in out
     # With a bucket, the trainer fetches from the bucket: nothing from home travels.
     spec = load_spec(quickstart_job, [("resources.cloud", "lambda"), ("resources.accelerators", "A100:1"),
                                       ("outputs.dir", str(home)), ("outputs.bucket", "s3://ckpts/runs")])

@@ -140,6 +140,7 @@ def test_fresh_with_a_bucket_is_one_line_and_a_dry_run_says_what_it_would_move(t
     (tmp_path / "old").mkdir()
     r = cli("submit", QUICKSTART, "--fresh", "--dry-run", "--set", f"outputs.dir={tmp_path / 'old'}")
     assert r.returncode == 0 and f"{tmp_path / 'old'} would be moved aside" in r.stdout, r.stdout + r.stderr
+    assert "# valid: yes" in r.stdout  # and the plan itself, as for any dry run
     assert (tmp_path / "old").is_dir()  # a dry run moves nothing
 
 
