@@ -8,9 +8,10 @@ permutations at 0.85 catches a pair of 0.87 only 41% of the time. More candidate
 ones, so every candidate is confirmed with the exact 3-gram Jaccard against the threshold: the
 threshold the user set is the one applied (bench/prep_dedup.py measures the curve and the cost).
 
-Memory stays flat however large the input: the indexes live in a SQLite file beside the output
-(deleted at the end), with a bounded page cache, plus two fixed-size bitmaps (10 MB) that spare
-the lookups of keys never seen. Kept rows store their 3-gram hashes (4 bytes a word) for the
+Memory stays flat however large the input: the indexes live beside the output (deleted at the
+end), the kept rows and content keys in a SQLite file with a bounded page cache, the band keys in
+sorted runs of arrays, the large ones in files (`_Runs`), plus two fixed-size bitmaps (10 MB) that
+spare the lookups of keys never seen. Kept rows store their 3-gram hashes (4 bytes a word) for the
 confirmation. Lookups and inserts are batched: one query per table per chunk of rows
 (`check_batch`), the decisions then taken in input order, so the first copy is kept whether its
 duplicate is in an earlier chunk or the same one.
@@ -226,6 +227,71 @@ def _member(x: np.ndarray, of: np.ndarray) -> np.ndarray:
     return of[np.minimum(np.searchsorted(of, x), len(of) - 1)] == x
 
 
+class _Runs:
+    """A multimap of int64 keys to int64 rows that only grows, kept as sorted runs (a log-structured
+    merge): each batch's pairs become a run; a run merges into the one before while that one is at
+    most twice its size, so there are about log2(pairs / batch) runs, each searched with a binary
+    search, and each pair is copied about that many times in all. Runs of `spill` pairs or more go
+    to .npy files in `folder` and are searched through memory maps, and no merge makes a run of
+    over `max_run` pairs (the merge holds it in memory): memory stays bounded, about 100 MB at most.
+
+    Not a SQLite table: inserting a batch's band keys into a B-tree larger than its page cache was
+    most of dedup's time on large inputs (12.8 of 18 s for 400 000 rows), a page read and written
+    for each random key; merging sorted arrays reads and writes each page in order."""
+
+    def __init__(self, folder: Path, name: str, spill: int = 1 << 20, max_run: int = 1 << 22):
+        self.folder, self.name, self.spill, self.max_run = Path(folder), name, spill, max_run
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._files = 0
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        if not len(keys):
+            return
+        k, r = np.asarray(keys, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        while self.runs and len(self.runs[-1][0]) <= min(2 * len(k), self.max_run - len(k)):
+            k0, r0 = self.runs.pop()
+            k, r = np.concatenate([k0, k]), np.concatenate([r0, r])
+            self._drop_file(k0)
+            self._drop_file(r0)
+        order = np.argsort(k, kind="stable")  # two sorted runs end to end: the stable sort merges them in linear time
+        k, r = k[order], r[order]
+        if len(k) >= self.spill:
+            k, r = self._to_file(k), self._to_file(r)
+        self.runs.append((k, r))
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (key, row) pair held for the given keys."""
+        keys = np.asarray(keys, dtype=np.int64)
+        out_k, out_r = [], []
+        for k, r in self.runs:
+            lo, hi = np.searchsorted(k, keys, "left"), np.searchsorted(k, keys, "right")
+            n = hi - lo
+            if n.any():
+                idx = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+                out_k.append(np.asarray(k[idx]))
+                out_r.append(np.asarray(r[idx]))
+        if not out_k:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(out_k), np.concatenate(out_r)
+
+    def _to_file(self, x: np.ndarray) -> np.ndarray:
+        self._files += 1
+        path = self.folder / f".dedup-{self.name}-{self._files}.npy"
+        np.save(path, x)
+        return np.load(path, mmap_mode="r")
+
+    @staticmethod
+    def _drop_file(x: np.ndarray) -> None:
+        if isinstance(x, np.memmap) and x.filename:
+            Path(x.filename).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for k, r in self.runs:
+            self._drop_file(k)
+            self._drop_file(r)
+        self.runs = []
+
+
 def _parts(xs: list, size: int = _SQL_VARS):
     for i in range(0, len(xs), size):
         yield xs[i:i + size]
@@ -246,12 +312,12 @@ class Deduper:
         self.db.executescript("""
             CREATE TABLE kept (row INTEGER PRIMARY KEY, loc TEXT, sh BLOB);
             CREATE TABLE exact (k BLOB PRIMARY KEY, row INTEGER) WITHOUT ROWID;
-            CREATE TABLE lsh (h INTEGER, row INTEGER, PRIMARY KEY (h, row)) WITHOUT ROWID;
             CREATE TABLE dups (kept INTEGER, loc TEXT);
         """)
         # One transaction for the whole run, never committed (the file is scratch, deleted at the end):
         # pages are written only when the page cache spills, not at every batch's commit.
         self.db.execute("BEGIN")
+        self._lsh = _Runs(workdir, "lsh")  # band key -> kept rows with it
         self._bits = {"lsh": np.zeros(1 << (_LSH_BITS - 3), dtype=np.uint8),
                       "exact": np.zeros(1 << (_EXACT_BITS - 3), dtype=np.uint8)}
         self.rows = 0
@@ -290,9 +356,9 @@ class Deduper:
             signed = [(b, sh) if b is not None else next(fresh) for _, _, b, sh in items]
             K = np.frombuffer(b"".join(b for b, _ in signed), dtype="<i8").reshape(len(items), self.sign.b)
             uniq, counts = np.unique(K, return_counts=True)
-            for part in _parts(self._maybe_seen("lsh", uniq.tolist())):
-                for h, row in q(f"SELECT h, row FROM lsh WHERE h IN ({','.join('?' * len(part))})", part):
-                    old_lsh.setdefault(h, []).append(row)
+            found_h, found_row = self._lsh.find(self._maybe_seen("lsh", uniq.tolist()))
+            for h, row in zip(found_h.tolist(), found_row.tolist()):
+                old_lsh.setdefault(h, []).append(row)
             rows = list({r for rs in old_lsh.values() for r in rs})
             for part in _parts(rows):
                 for row, sh in q(f"SELECT row, sh FROM kept WHERE row IN ({','.join('?' * len(part))})", part):
@@ -353,12 +419,9 @@ class Deduper:
         if plain:
             idx, rws = np.array(plain, dtype=np.int64).T
             hs, rs = np.concatenate([hs, K[idx].ravel()]), np.concatenate([rs, np.repeat(rws, K.shape[1])])
-        order = np.lexsort((rs, hs))  # B-tree inserts in key order touch each page once
-        hs = hs[order]
-        lsh_rows = zip(hs.tolist(), rs[order].tolist())
         self.db.executemany("INSERT INTO kept VALUES (?, ?, ?)", kept)
         self.db.executemany("INSERT INTO exact VALUES (?, ?)", sorted(new_exact.items()))
-        self.db.executemany("INSERT INTO lsh VALUES (?, ?)", lsh_rows)
+        self._lsh.add(hs, rs)
         self.db.executemany("INSERT INTO dups VALUES (?, ?)", dups)
         self._mark("exact", list(new_exact))
         self._mark("lsh", hs)
@@ -412,3 +475,4 @@ class Deduper:
     def close(self) -> None:
         self.db.close()
         self.path.unlink(missing_ok=True)
+        self._lsh.close()

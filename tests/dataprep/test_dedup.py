@@ -210,3 +210,35 @@ def test_similarity_is_the_jaccard_of_word_3grams_on_any_text():
     for i, j in pairs:
         gi, gj = grams(recs[i]), grams(recs[j])
         assert jaccard(sh[i], sh[j]) == pytest.approx(len(gi & gj) / len(gi | gj)), (recs[i], recs[j])
+
+
+def test_band_key_runs_find_every_pair_through_merges_and_files(tmp_path):
+    """The band-key index (sorted runs, merged, the large ones in files): after batches of every size,
+    with repeated keys within and across batches, find() gives exactly the pairs added for the keys
+    asked, memory-mapped runs included; close() leaves no file behind."""
+    import numpy as np
+
+    from dataprep.dedup import _Runs
+
+    rng = np.random.default_rng(5)
+    runs = _Runs(tmp_path, "t", spill=64, max_run=256)
+    want: dict[int, list[int]] = {}
+    row = 0
+    for size in [1, 7, 30, 30, 200, 3, 90, 500, 12, 64, 64, 0, 300]:
+        keys = rng.integers(-40, 40, size) * (1 << 40) + rng.integers(0, 2, size)  # repeats, both signs
+        rows = np.arange(row, row + size)
+        row += size
+        runs.add(keys, rows)
+        for k, r in zip(keys.tolist(), rows.tolist()):
+            want.setdefault(k, []).append(r)
+        ask = np.concatenate([keys[:5], rng.integers(-50, 50, 5) * (1 << 40), [123]])
+        got_k, got_r = runs.find(np.unique(ask))
+        got: dict[int, list[int]] = {}
+        for k, r in zip(got_k.tolist(), got_r.tolist()):
+            got.setdefault(k, []).append(r)
+        assert {k: sorted(v) for k, v in got.items()} == {k: sorted(want[k]) for k in np.unique(ask).tolist() if k in want}
+    # no merge makes a run over max_run (a batch larger than that is a run of its own)
+    assert any(isinstance(k, np.memmap) for k, _ in runs.runs) and all(len(k) <= 500 for k, _ in runs.runs)
+    assert len(runs.runs) < 13
+    runs.close()
+    assert not list(tmp_path.iterdir())
