@@ -20,6 +20,7 @@ import re
 import sys
 from pathlib import Path
 
+
 def _sources(limit_mb: float = 40.0) -> list[str]:
     """Up to `limit_mb` of .py files from this interpreter's site-packages, in a fixed order."""
     site = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())

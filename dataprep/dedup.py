@@ -92,8 +92,8 @@ def _shingle_flat(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     polynomial hash mod 2^64 read off one prefix sum (H[end] - H[start], scaled by P^-start); 3-grams
     mix three word hashes, and one sort of (record, hash) pairs makes every record's set at once."""
     texts = [_words_text(r) for r in recs]
-    raw = "\n".join(texts).encode()
-    b = np.frombuffer(raw, dtype=np.uint8)
+    encoded = [t.encode() for t in texts]
+    b = np.frombuffer(b"\n".join(encoded), dtype=np.uint8)
     n = len(b)
     edge = np.flatnonzero(np.diff(np.concatenate([[False], _IS_WORD[b], [False]]).view(np.int8)))
     ws, we = edge[0::2], edge[1::2]  # each word's first byte, and the byte after its last
@@ -102,9 +102,7 @@ def _shingle_flat(recs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(b * pw[:n], out=prefix[1:])
     h = (prefix[we] - prefix[ws]) * pinv[ws]  # sum of the word's bytes times P^i, i from 0
     h = ((h ^ (h >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)) >> np.uint64(32)
-    # each record's text ends at a newline in raw (ASCII texts: as many bytes as characters)
-    ends = np.cumsum(np.fromiter((len(t) if t.isascii() else len(t.encode()) for t in texts),
-                                 dtype=np.int64, count=len(texts)) + 1)
+    ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(texts)) + 1)  # each at its newline
     rid = np.searchsorted(ends, ws, side="right").astype(np.uint64)
     lens = np.bincount(rid.astype(np.int64), minlength=len(recs))
     ok = rid[:-2] == rid[2:]  # the 3-gram lies within one record
@@ -356,7 +354,7 @@ class Deduper:
             signed = [(b, sh) if b is not None else next(fresh) for _, _, b, sh in items]
             K = np.frombuffer(b"".join(b for b, _ in signed), dtype="<i8").reshape(len(items), self.sign.b)
             uniq, counts = np.unique(K, return_counts=True)
-            found_h, found_row = self._lsh.find(self._maybe_seen("lsh", uniq.tolist()))
+            found_h, found_row = self._lsh.find(self._maybe_seen("lsh", uniq))
             for h, row in zip(found_h.tolist(), found_row.tolist()):
                 old_lsh.setdefault(h, []).append(row)
             rows = list({r for rs in old_lsh.values() for r in rs})
@@ -434,12 +432,15 @@ class Deduper:
             v = np.asarray(keys, dtype=np.int64).view(np.uint64)
         return (v & np.uint64(len(self._bits[table]) * 8 - 1)).astype(np.int64)
 
-    def _maybe_seen(self, table: str, keys: list) -> list:
-        """The keys that may be in the table (all that are, and some that are not)."""
-        if not keys:
-            return []
+    def _maybe_seen(self, table: str, keys):
+        """The keys that may be in the table (all that are, and some that are not): a list of content
+        keys, or an array of band keys."""
+        if not len(keys):
+            return keys
         pos = self._positions(table, keys)
         hit = (self._bits[table][pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
+        if isinstance(keys, np.ndarray):
+            return keys[hit.astype(bool)]
         return [k for k, h in zip(keys, hit.tolist()) if h]
 
     def _mark(self, table: str, keys) -> None:

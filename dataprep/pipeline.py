@@ -182,8 +182,8 @@ def _deduped(cfg: DataConfig, base_dir: Path, rejects: Rejects, counts: dict, de
         for src in cfg.sources:
             yield from read_source(src, base_dir, rejects)
 
-    workers = cfg.workers or (_cores() if _cores() >= PARALLEL_CORES and _input_bytes(cfg, base_dir) > PARALLEL_FROM
-                              else 1)
+    cores = _cores()
+    workers = cfg.workers or (cores if cores >= PARALLEL_CORES and _input_bytes(cfg, base_dir) > PARALLEL_FROM else 1)
     with tqdm(desc="ingest+clean+dedup", unit=" rows", mininterval=1) as bar:
         for batch in _cleaned(raws(), cfg, workers):
             bar.update(len(batch))
