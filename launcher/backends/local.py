@@ -274,6 +274,11 @@ class LocalBackend(Backend):
 
         if is_complete(out / "final") and (out / "final" / "manifest.json").stat().st_mtime >= (fresh.started or 0):
             return state.transition(job.id, "SUCCEEDED", exit_code=0)
+        if fresh.state == "STOPPING":
+            # `down` asked it to stop and it has, before its supervisor could say so (a SIGTERM
+            # that lands while the supervisor is still starting ends it outright): a stop, not a
+            # failure, whether this or `down` looks first.
+            return state.transition(job.id, "STOPPED", extra=fresh.extra)
         why = "its supervisor process was killed (or the machine restarted)"
         if fresh.extra.get("orphaned"):
             why = "its supervisor was killed, and its data prep or trainer has ended since"
@@ -332,7 +337,9 @@ class LocalBackend(Backend):
         while time.time() < deadline and _group_alive(job.pid):
             time.sleep(0.3)
         killed = _group_alive(job.pid)
-        if killed:
+        if killed:  # said before the kill (a no-op on an ended job): `status` may end it before we look again
+            state.transition(job.id, "STOPPING", exit_code=-signal.SIGKILL,
+                             extra={**state.get(job.id).extra, "error": "killed after the stop grace"})
             try:
                 os.killpg(job.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -423,6 +423,20 @@ def test_a_users_dataprep_py_is_never_run(tmp_path):
     assert f"{job_rec.id} failed: " in cli("status").stdout
 
 
+def test_a_job_that_dies_while_down_stops_it_is_stopped_not_failed(held_prep):
+    """`down` marks the job STOPPING, then signals it. A SIGTERM that lands while the supervisor
+    is still starting ends it before it can record anything; `status`, looking in that moment,
+    must call that a stop."""
+    job_id = submitted_id(cli("submit", held_prep, "--detach"))
+    wait_for(lambda: _in_prep(job_id))
+    job = state.transition(job_id, "STOPPING")  # as `down` does before its first signal
+    os.killpg(job.pid, signal.SIGKILL)  # the whole group gone, nothing recorded by it
+    wait_for(lambda: not _group(job.pid))
+    r = cli("status")
+    assert f"{job_id}" in r.stdout and "FAILED" not in r.stdout and "failed:" not in r.stdout, r.stdout
+    assert state.get(job_id).state == "STOPPED"
+
+
 @pytest.mark.slow
 def test_simultaneous_submits_to_one_folder_start_exactly_one(held_prep):
     """20 times: two submits of the same job at the same moment; meanwhile `status` runs in a
