@@ -12,16 +12,25 @@ rejects.jsonl (empty lines too, as `empty_line`), so the report can check that n
 In `unit: paragraph` text files the unit is the paragraph, and the blank lines between paragraphs
 are separators, not units.
 
+A `.json` file may also hold one array of objects (alpaca_data.json, most JSON exports): its
+elements are read one by one and each is a unit. Any file may be compressed (`.gz`, `.bz2`, `.xz`):
+it is read as what its name says it holds under that suffix (data.jsonl.gz is JSONL).
+
 Bad input (a malformed JSON line, a missing column, undecodable bytes, an empty file, HTML with no
 text, a truncated SQL dump) goes through `rejects.bad`, which raises a one-line DataError or, with
 --skip-bad, quarantines the row into rejects.jsonl.
 """
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
+import gzip
+import io
 import json
+import lzma
 import re
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -33,16 +42,37 @@ EXTENSIONS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".html": "html",
     ".htm": "html", ".txt": "text", ".md": "text", ".sql": "sql", ".parquet": "parquet",
 }
-# Key pairs recognised without configuration, the guide's prompt/generation first.
-AUTO_PAIRS = [("prompt", "generation"), ("input", "output"), ("instruction", "output"), ("instruction", "response"),
-              ("question", "answer"), ("prompt", "completion"), ("prompt", "response")]
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError)  # a corrupt or cut-off compressed stream
+# Key pairs recognised without configuration, the guide's prompt/generation first. An instruction
+# comes before a bare `input`: in Alpaca's rows `input` is the instruction's context, not the prompt.
+AUTO_PAIRS = [("prompt", "generation"), ("instruction", "output"), ("instruction", "response"), ("input", "output"),
+              ("question", "answer"), ("question", "response"), ("prompt", "completion"), ("prompt", "response")]
+# More of the prompt, in fields of its own: Alpaca's `input` and Dolly's `context` follow the
+# instruction, a reading passage comes before its question. Joined with a blank line when not empty.
+AUTO_CONTEXT = {"instruction": ("after", ("input", "context")), "question": ("before", ("context",))}
+# CSV's default field limit (128 KiB) would stop a file at its first long article; the clean stage
+# drops what is over data.clean.max_chars, with a reason.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def data_suffix(path: Path) -> str:
+    """The extension that names a file's format, under any compression suffix (data.jsonl.gz: .jsonl)."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix in _OPENERS else suffix
+
+
+def open_raw(path: Path):
+    """A data file's bytes, decompressed when its name says it is compressed."""
+    return _OPENERS.get(path.suffix.lower(), open)(path, "rb")
 AUTO_CHAT = ["messages", "conversations", "conversation", "turns"]
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
          "model": "assistant", "system": "system", "chatgpt": "assistant"}
 
 
-def source_files(src: Source, base_dir: Path) -> list[tuple[Path, str]]:
-    """The files a source names, each with its format; an error if there are none."""
+def source_files(src: Source, base_dir: Path, skipped: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """The files a source names, each with its format; an error if there are none. Files of a
+    folder or glob whose format the extension does not tell are passed over, into `skipped`."""
     pattern = Path(src.path).expanduser()
     if not pattern.is_absolute():
         pattern = base_dir / pattern
@@ -60,11 +90,14 @@ def source_files(src: Source, base_dir: Path) -> list[tuple[Path, str]]:
         raise DataError(f"{pattern}: no such file or folder (data.sources path {src.path!r})")
     out = []
     for p in paths:
-        fmt = src.format if src.format != "auto" else EXTENSIONS.get(p.suffix.lower())
+        fmt = src.format if src.format != "auto" else EXTENSIONS.get(data_suffix(p))
         if fmt is None:
             if pattern.is_dir() or p != pattern:
-                continue  # a folder or glob may hold unrelated files
-            raise DataError(f"{p}: cannot tell the format from the extension {p.suffix!r}; set format: in the source")
+                if skipped is not None:  # a folder or glob may hold unrelated files
+                    skipped.append(p)
+                continue
+            raise DataError(f"{p}: cannot tell the format from the extension {''.join(p.suffixes[-2:])!r}; "
+                            "set format: in the source")
         out.append((p, fmt))
     if not out:
         raise DataError(f"{pattern}: no data files found (data.sources path {src.path!r})")
@@ -75,7 +108,12 @@ def read_source(src: Source, base_dir: Path, rejects: Rejects) -> Iterator[dict]
     if src.url:
         yield from _read_url(src, rejects)
         return
-    for path, fmt in source_files(src, base_dir):
+    skipped: list[Path] = []
+    files = source_files(src, base_dir, skipped)
+    for path in skipped:  # accounted, so that a folder's README.pdf is seen to be left out
+        rejects.unit()
+        rejects.skip(str(path), "unknown_extension")
+    for path, fmt in files:
         if fmt != "hf_dataset" and path.stat().st_size == 0:
             rejects.unit()
             rejects.bad(f"{path}:1", "empty file")
@@ -130,7 +168,7 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
     else:
         pair = next((p for p in AUTO_PAIRS if p[0] in row and p[1] in row), None)
         if pair:
-            rec["input"], rec["output"] = row[pair[0]], row[pair[1]]
+            rec["input"], rec["output"] = _with_context(row, pair[0]), row[pair[1]]
         elif "text" in row:
             rec["text"] = row["text"]
         else:
@@ -141,6 +179,14 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
         if k in rec and rec[k] is not None and not isinstance(rec[k], str):
             rec[k] = json.dumps(rec[k], ensure_ascii=False) if isinstance(rec[k], (dict, list)) else str(rec[k])
     return rec
+
+
+def _with_context(row: dict, key: str):
+    where, fields = AUTO_CONTEXT.get(key, (None, ()))
+    extra = [str(row[f]) for f in fields if f in row and row[f] is not None and str(row[f]).strip()]
+    if not extra or not isinstance(row[key], str):
+        return row[key]
+    return "\n\n".join([row[key], *extra] if where == "after" else [*extra, row[key]])
 
 
 def _turns(turns) -> list[dict] | str:
@@ -166,20 +212,35 @@ def _turns(turns) -> list[dict] | str:
 def _lines(path: Path, encoding: str, rejects: Rejects, units: bool = True) -> Iterator[tuple[int, str]]:
     """Decode line by line, so an undecodable byte is reported with its line. units: each physical
     line is an input unit (else the caller counts its own units; an undecodable line always is one)."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if units:
-                rejects.unit()
-            try:
-                yield n, raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                if not units:
+    n = 0
+    try:
+        with open_raw(path) as f:
+            for n, raw in enumerate(f, 1):
+                if units:
                     rejects.unit()
-                rejects.bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as {encoding} "
-                                           "(set encoding: in the source)", raw)
+                try:
+                    yield n, raw.decode(encoding)
+                except UnicodeDecodeError as e:
+                    if not units:
+                        rejects.unit()
+                    rejects.bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as "
+                                               f"{encoding} (set encoding: in the source)", raw)
+    except READ_ERRORS as e:
+        rejects.unit()  # the rest of the file, unread
+        rejects.bad(f"{path}:{n + 1}", f"cannot read the file past line {n}: {e}")
 
 
 def _jsonl(path, src, rejects, fmt):
+    try:
+        with open_raw(path) as f:
+            is_array = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    except READ_ERRORS as e:
+        rejects.unit()
+        rejects.bad(f"{path}:1", f"cannot read the file: {e}")
+        return
+    if is_array:
+        yield from _json_array(path, src, rejects)
+        return
     for n, line in _lines(path, src.encoding, rejects):
         if n == 1:
             line = line.lstrip("\ufeff")
@@ -190,7 +251,8 @@ def _jsonl(path, src, rejects, fmt):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            rejects.bad(where, f"malformed JSON: {e.msg} at column {e.colno}", line)
+            hint = " (a JSON file holds one object per line, or one array of objects)" if n == 1 else ""
+            rejects.bad(where, f"malformed JSON: {e.msg} at column {e.colno}{hint}", line)
             continue
         if not isinstance(row, dict):
             rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", line)
@@ -198,6 +260,82 @@ def _jsonl(path, src, rejects, fmt):
         rec = _map_row(row, src, where, rejects)
         if rec is not None:
             yield rec
+
+
+_CHUNK = 1 << 20
+_MAX_ELEMENT = 64 << 20  # characters; an array element larger than this is taken as malformed
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def _json_array(path, src, rejects):
+    """Each element of a file that holds one JSON array, decoded one at a time out of a sliding
+    buffer (the standard library's raw_decode), so a large file streams. A malformed element ends
+    the file's reading: past it there is no telling where the next element starts."""
+    decoder = json.JSONDecoder()
+    line, n = 1, 0
+
+    def bad(problem, raw=None):
+        rejects.unit()
+        rejects.bad(f"{path}:{line}", problem, raw)
+
+    try:
+        with io.TextIOWrapper(open_raw(path), encoding=src.encoding, newline="") as f:
+            buf, pos, eof = f.read(_CHUNK).lstrip("\ufeff"), 0, False
+
+            def more():  # drop what was read, append the next chunk; False at the end of the file
+                nonlocal buf, pos, eof
+                if eof:
+                    return False
+                chunk = f.read(_CHUNK)
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+                return not eof
+
+            def skip_space():
+                nonlocal pos, line
+                while True:
+                    end = _JSON_SPACE.match(buf, pos).end()
+                    line += buf.count("\n", pos, end)
+                    pos = end
+                    if pos < len(buf) or not more():
+                        return pos < len(buf)
+
+            skip_space()
+            pos += 1  # the "[" that made this an array
+            while skip_space():
+                if buf[pos] == "]":
+                    return
+                if n:
+                    if buf[pos] != ",":
+                        bad(f"malformed JSON: expected ',' or ']' after element {n}", buf[pos:pos + 200])
+                        return
+                    pos += 1
+                    if not skip_space():
+                        break
+                while True:
+                    try:
+                        row, end = decoder.raw_decode(buf, pos)
+                        break
+                    except json.JSONDecodeError as e:
+                        if len(buf) - pos > _MAX_ELEMENT or not more():
+                            bad(f"malformed JSON in element {n + 1}: {e.msg}", buf[pos:pos + 200])
+                            return
+                n += 1
+                rejects.unit()
+                where = f"{path}:{line}"
+                line += buf.count("\n", pos, end)
+                pos = end
+                if not isinstance(row, dict):
+                    rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", row)
+                    continue
+                rec = _map_row(row, src, where, rejects)
+                if rec is not None:
+                    yield rec
+            bad(f"malformed JSON: the array is not closed after element {n} (a cut-off file?)")
+    except UnicodeDecodeError as e:
+        bad(f"cannot decode byte {e.object[e.start]:#04x} as {src.encoding} (set encoding: in the source)")
+    except READ_ERRORS as e:
+        bad(f"cannot read the file past element {n}: {e}")
 
 
 def _csv(path, src, rejects, fmt):
@@ -317,7 +455,13 @@ _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
 def _html(path, src, rejects, fmt):
-    raw = path.read_bytes()
+    try:
+        with open_raw(path) as f:
+            raw = f.read()
+    except READ_ERRORS as e:
+        rejects.unit()
+        rejects.bad(f"{path}:1", f"cannot read the file: {e}")
+        return
     try:
         markup = raw.decode(src.encoding)
     except UnicodeDecodeError as e:

@@ -33,7 +33,7 @@ from .ingest import read_source, source_files
 from .report import write_report
 from .tokenize import Packer
 
-VERSION = "dataprep-3"  # bump when the output of the same inputs changes
+VERSION = "dataprep-4"  # bump when the output of the same inputs changes (4: Alpaca's input kept, skipped files listed)
 STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 

@@ -12,6 +12,7 @@ terminator, or a dump without the tool's completion line is a truncated dump.
 """
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,6 +21,7 @@ import sqlglot
 from sqlglot import exp
 
 from .errors import DataError
+from .ingest import READ_ERRORS, open_raw
 
 _SPECIAL = re.compile(r"['\"`;]|--|/\*|#")
 _COPY = re.compile(r"^\s*COPY\s+(\S+)\s*\((.*?)\)\s*FROM\s+stdin", re.I | re.S)
@@ -41,12 +43,16 @@ def _bare(name: str) -> str:
 
 
 def _lines(path: Path, encoding: str, bad) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                yield n, raw.decode(encoding)
-            except UnicodeDecodeError as e:
-                bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as {encoding} (set encoding:)", raw)
+    n = 0
+    try:
+        with open_raw(path) as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    yield n, raw.decode(encoding)
+                except UnicodeDecodeError as e:
+                    bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as {encoding} (set encoding:)", raw)
+    except READ_ERRORS as e:
+        bad(f"{path}:{n + 1}", f"cannot read the file past line {n}: {e}")
 
 
 def _statements(path: Path, lines: Iterator[tuple[int, str]], dialect: str, bad, state: dict):
@@ -170,7 +176,7 @@ def _copy_unescape(field: str):
 
 def read_sql_dump(path: Path, table: str | None, encoding: str, bad: Callable) -> Iterator[tuple[str, dict]]:
     """Yield (where, row dict) for each row of `table` (default: the first table with rows)."""
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         head = f.read(4096).decode(encoding, "replace")
     if not head.strip():
         bad(f"{path}:1", "empty file")
@@ -292,7 +298,15 @@ class _Dump:
 
 
 def _tail(path: Path, size: int = 4096) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - size))
-        return f.read().decode("utf-8", "replace")
+    with open_raw(path) as f:
+        if isinstance(f, io.BufferedReader):
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+        tail = b""  # a compressed stream has no end to seek to: read through it once more
+        try:
+            while block := f.read(1 << 20):
+                tail = (tail + block)[-size:]
+        except READ_ERRORS:  # already reported by _lines; what was read has no footer
+            return ""
+        return tail.decode("utf-8", "replace")

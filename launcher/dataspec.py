@@ -26,8 +26,9 @@ class Section(BaseModel):
 class Source(Section):
     path: str | None = Field(None, description="A file, a glob (data/*.jsonl) or a folder, relative to the job file.")
     format: Literal["auto", "jsonl", "csv", "tsv", "html", "text", "sql", "parquet", "hf_dataset"] = Field(
-        "auto", description="Input format; auto guesses from each file's extension (skipping unknown ones in a "
-                            "folder or glob); a set format applies to every file.")
+        "auto", description="Input format; auto guesses from each file's extension, under any .gz/.bz2/.xz "
+                            "(a folder's or glob's files of unknown extension are listed as rejects, not read); "
+                            "a set format applies to every file. jsonl also reads a .json array of objects.")
     text: str | None = Field(None, description="Field or column that holds plain text (unsupervised data).")
     input: str | None = Field(None, description="Field or column that holds the prompt (supervised data).")
     output: str | None = Field(None, description="Field or column that holds the answer (supervised data).")

@@ -151,6 +151,127 @@ def test_jsonl_mappings_and_chat(tmp_path):
     assert recs[0]["text"] == "b"
 
 
+def test_instruction_datasets_keep_their_context(tmp_path):
+    """Alpaca's input and Dolly's context are part of the prompt, never dropped for the pair that
+    happens to match first; an explicit mapping is taken as written."""
+    lines = [{"instruction": "Translate to French.", "input": "Good morning.", "output": "Bonjour."},
+             {"instruction": "Give a tip.", "input": "", "output": "Sleep."},
+             {"instruction": "Who wrote it?", "context": "Dune was written by Frank Herbert.", "response": "Herbert.",
+              "category": "closed_qa"},
+             {"context": "The sky is blue.", "question": "What colour is the sky?", "answer": "Blue."},
+             {"system_prompt": "Be brief.", "question": "2+2?", "response": "4"}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    recs = list(read_source(Source(path="a.jsonl"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    assert [(r["input"], r["output"]) for r in recs] == [
+        ("Translate to French.\n\nGood morning.", "Bonjour."), ("Give a tip.", "Sleep."),
+        ("Who wrote it?\n\nDune was written by Frank Herbert.", "Herbert."),
+        ("The sky is blue.\n\nWhat colour is the sky?", "Blue."), ("2+2?", "4")]
+    recs = list(read_source(Source(path="a.jsonl", input="instruction", output="output"), tmp_path,
+                            Rejects(tmp_path / "r.jsonl", skip_bad=True)))
+    assert recs[0]["input"] == "Translate to French."
+
+
+def _array_rows():
+    """Elements whose text holds what a careless scanner would split on: brackets, commas, quotes,
+    escaped newlines, a backslash at the end, non-ASCII; and one long enough to span buffer refills."""
+    return [{"instruction": "a ] , [ } {", "output": "x\"y\\"}, {"prompt": "p", "generation": "line\nbreak é 世界 🎉"},
+            {"text": "long " * 5000}, {"instruction": "last", "input": "ctx", "output": "z"}]
+
+
+@pytest.mark.parametrize("layout", ["pretty", "compact", "crlf_bom"])
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_a_json_array_file_is_read_element_by_element(tmp_path, monkeypatch, layout, chunk):
+    import dataprep.ingest as ingest
+
+    monkeypatch.setattr(ingest, "_CHUNK", chunk)  # a refill at every possible position
+    rows_ = _array_rows()
+    text = json.dumps(rows_, indent=2 if layout != "compact" else None, ensure_ascii=layout == "pretty")
+    raw = text.encode()
+    if layout == "crlf_bom":
+        raw = b"\xef\xbb\xbf  \r\n" + text.replace("\n", "\r\n").encode()
+    (tmp_path / "a.json").write_bytes(raw)
+    rej = Rejects(tmp_path / "r.jsonl")
+    recs = list(read_source(Source(path="a.json"), tmp_path, rej))
+    assert [r.get("text", (r.get("input"), r.get("output"))) for r in recs] == [
+        ("a ] , [ } {", 'x"y\\'), ("p", "line\nbreak é 世界 🎉"), "long " * 5000, ("last\n\nctx", "z")]
+    lines = raw.decode("utf-8-sig").split("\n")  # each element is placed at the line where it starts
+    starts = [int(r["_where"].rsplit(":", 1)[1]) for r in recs]
+    assert all(lines[n - 1].lstrip(" \r[,").startswith("{") for n in starts), (starts, layout)
+    assert starts == sorted(starts) and len(set(starts)) == (1 if layout == "compact" else 4)
+    assert rej.units == 4
+
+
+@pytest.mark.parametrize("content,match", [
+    (b'[{"text": "ok"},\n {"text": broken}]', r"a\.json:2: malformed JSON in element 2"),
+    (b'[{"text": "ok"} {"text": "no comma"}]', r"a\.json:1: malformed JSON: expected ',' or ']' after element 1"),
+    (b'[{"text": "ok"},\n{"text": "cut', r"a\.json:2: malformed JSON in element 2"),
+    (b'[{"text": "ok"},\n', r"a\.json:2: malformed JSON: the array is not closed after element 1"),
+    (b'[{"text": "ok"}, 3]', r"a\.json:1: expected a JSON object, got int"),
+    (b'[]', r"a\.json:1: no rows in file"),
+    (b'{\n  "text": "one pretty object"\n}\n', r"a\.json:1: malformed JSON: .* one array of objects"),
+])
+def test_a_broken_json_file_is_one_line_that_names_the_line(tmp_path, content, match):
+    (tmp_path / "a.json").write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        list(read_source(Source(path="a.json"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    rej = Rejects(tmp_path / "r.jsonl", skip_bad=True)
+    recs = list(read_source(Source(path="a.json"), tmp_path, rej))
+    rej.close()
+    dropped = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert rej.units == len(recs) + len(dropped)  # every unit read is kept or rejected
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_files_read_as_what_they_hold(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    pack = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix]
+    sources = {"a.jsonl": (json.dumps({"prompt": "p", "generation": "g"}) + "\n").encode(),
+               "b.json": json.dumps([{"text": "from an array"}]).encode(),
+               "c.csv": b"q,a\nq2,a2\n",
+               "d.html": b"<html><body><article><p>Page text here.</p></article></body></html>",
+               "e.sql": (FIXTURES / "mysql.sql").read_bytes()}
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, raw in sources.items():
+        (data / (name + suffix)).write_bytes(pack(raw))
+    (data / "manual.pdf").write_bytes(b"%PDF-1.4")
+    rej = Rejects(tmp_path / "r.jsonl")
+    got = list(read_source(Source(path="data"), tmp_path, Rejects(tmp_path / "x.jsonl", skip_bad=True)))
+    assert [r.get("text", r.get("input")) for r in got] == ["p", "from an array", "Page text here."]  # CSV, SQL: below
+    mapped = {"input": "prompt", "output": "reply"}
+    sql = [(r["input"], r["output"]) for r in read_source(Source(path="data/e.sql" + suffix, **mapped), tmp_path, rej)]
+    plain = [(r["input"], r["output"]) for r in read_source(Source(path=str(FIXTURES / "mysql.sql"), **mapped), tmp_path, rej)]
+    assert sql == plain and len(plain) == len(EXPECTED)
+    recs = list(read_source(Source(path="data/c.csv" + suffix, input="q", output="a"), tmp_path, rej))
+    assert [(r["input"], r["output"]) for r in recs] == [("q2", "a2")]
+    rej.close()
+    skipped = [json.loads(x) for x in (tmp_path / "x.jsonl").read_text().splitlines() if "manual.pdf" in x]
+    assert [s["reason"] for s in skipped] == ["unknown_extension"]
+
+
+def test_a_cut_off_compressed_file_is_one_line(tmp_path):
+    import gzip
+
+    rows_ = "".join(json.dumps({"text": f"row {i} " + "x" * 50}) + "\n" for i in range(2000)).encode()
+    packed = gzip.compress(rows_)
+    (tmp_path / "a.jsonl.gz").write_bytes(packed[:len(packed) // 2])
+    with pytest.raises(DataError, match=r"a\.jsonl\.gz:\d+: cannot read the file past line \d+: Compressed file ended"):
+        list(read_source(Source(path="a.jsonl.gz"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    (tmp_path / "b.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"b\.jsonl\.gz:1: cannot read the file.*Not a gzipped file"):
+        list(read_source(Source(path="b.jsonl.gz"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+
+
+def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    long = "word " * 60_000  # 300 000 characters; the csv module stops at 131 072 by default
+    (tmp_path / "a.csv").write_text(f'id,text\n1,"{long}"\n2,after\n')
+    recs = list(read_source(Source(path="a.csv", text="text"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    assert [r["text"] for r in recs] == [long, "after"]
+
+
 def test_text_parquet_and_saved_dataset(tmp_path):
     import datasets
     import pyarrow as pa

@@ -240,9 +240,10 @@ def test_html_csv_and_sql_sources_end_to_end(tmp_path, job, tokenizer):
     assert (alpaca("two\nlines?"), "yes, two") in pairs
     assert (alpaca("Line1\nLine2"), "\\N is not null") in pairs  # \r\n normalized by cleaning, the rest exact
     assert (alpaca("Unicode: héllo 世界 🎉 é"), "Reply with ),( and 'quotes'") in pairs  # NFC composes e + U+0301
-    # the CSV header is a unit read, accounted as such
-    assert report["totals"] == {"rows_in": 1 + 1 + 2 + 6, "examples_kept": 8, "rows_rejected": 2, "reconciles": True}
-    assert [(r["where"], r["reason"]) for r in rejects(out)] == [(f"{site}/empty.html:1", "bad_input"),
+    # the CSV header is a unit read, accounted as such; so is the file the folder holds that is not data
+    assert report["totals"] == {"rows_in": 1 + 1 + 1 + 2 + 6, "examples_kept": 8, "rows_rejected": 3, "reconciles": True}
+    assert [(r["where"], r["reason"]) for r in rejects(out)] == [(f"{site}/notes.bin", "unknown_extension"),
+                                                                   (f"{site}/empty.html:1", "bad_input"),
                                                                    (f"{tmp_path}/qa.csv:1", "csv_header")]
 
 
