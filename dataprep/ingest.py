@@ -49,8 +49,10 @@ READ_ERRORS = (OSError, EOFError, lzma.LZMAError)  # a corrupt or cut-off compre
 AUTO_PAIRS = [("prompt", "generation"), ("instruction", "output"), ("instruction", "response"), ("input", "output"),
               ("question", "answer"), ("question", "response"), ("prompt", "completion"), ("prompt", "response")]
 # More of the prompt, in fields of its own: Alpaca's `input` and Dolly's `context` follow the
-# instruction, a reading passage comes before its question. Joined with a blank line when not empty.
+# instruction, a reading passage comes before its question, and a system prompt (OpenOrca's
+# `system_prompt`) before any prompt. Joined with a blank line when not empty.
 AUTO_CONTEXT = {"instruction": ("after", ("input", "context")), "question": ("before", ("context",))}
+AUTO_SYSTEM = ("system_prompt", "system")
 # CSV's default field limit (128 KiB) would stop a file at its first long article; the clean stage
 # drops what is over data.clean.max_chars, with a reason.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -182,11 +184,14 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
 
 
 def _with_context(row: dict, key: str):
+    def present(fields):
+        return [row[f] for f in fields if isinstance(row.get(f), str) and row[f].strip()]
+
     where, fields = AUTO_CONTEXT.get(key, (None, ()))
-    extra = [str(row[f]) for f in fields if f in row and row[f] is not None and str(row[f]).strip()]
-    if not extra or not isinstance(row[key], str):
+    extra, system = present(fields), present(AUTO_SYSTEM)[:1]
+    if not (extra or system) or not isinstance(row[key], str):
         return row[key]
-    return "\n\n".join([row[key], *extra] if where == "after" else [*extra, row[key]])
+    return "\n\n".join([*system, *([row[key], *extra] if where == "after" else [*extra, row[key]])])
 
 
 def _turns(turns) -> list[dict] | str:
@@ -203,6 +208,13 @@ def _turns(turns) -> list[dict] | str:
         r = ROLES.get(str(role).lower())
         if r is None:
             return f"turn {i}: unknown role {role!r}"
+        if isinstance(content, list):  # OpenAI's parts: [{"type": "text", "text": ...}, ...]
+            kinds = [p.get("type", "?") if isinstance(p, dict) else type(p).__name__ for p in content]
+            if any(k not in ("text", "str") for k in kinds):
+                return f"turn {i} holds parts that are not text ({', '.join(sorted(set(kinds) - {'text', 'str'}))})"
+            content = "\n".join(p if isinstance(p, str) else str(p.get("text", "")) for p in content)
+        elif isinstance(content, dict):
+            return f"turn {i}: content is an object, not text"
         out.append({"role": r, "content": str(content)})
     return out
 

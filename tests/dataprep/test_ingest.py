@@ -165,10 +165,25 @@ def test_instruction_datasets_keep_their_context(tmp_path):
     assert [(r["input"], r["output"]) for r in recs] == [
         ("Translate to French.\n\nGood morning.", "Bonjour."), ("Give a tip.", "Sleep."),
         ("Who wrote it?\n\nDune was written by Frank Herbert.", "Herbert."),
-        ("The sky is blue.\n\nWhat colour is the sky?", "Blue."), ("2+2?", "4")]
+        ("The sky is blue.\n\nWhat colour is the sky?", "Blue."), ("Be brief.\n\n2+2?", "4")]
     recs = list(read_source(Source(path="a.jsonl", input="instruction", output="output"), tmp_path,
                             Rejects(tmp_path / "r.jsonl", skip_bad=True)))
     assert recs[0]["input"] == "Translate to French."
+
+
+def test_chat_content_in_parts_is_its_text_and_other_parts_are_refused(tmp_path):
+    parts = [{"type": "text", "text": "Describe"}, {"type": "text", "text": "a cat."}]
+    lines = [{"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "Furry."}]}]},
+             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+                           {"role": "assistant", "content": "A cat."}]}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rej = Rejects(tmp_path / "r.jsonl", skip_bad=True)
+    recs = list(read_source(Source(path="a.jsonl"), tmp_path, rej))
+    rej.close()
+    assert recs[0]["messages"] == [{"role": "user", "content": "Describe\na cat."}, {"role": "assistant", "content": "Furry."}]
+    assert len(recs) == 1
+    (dropped,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert dropped["detail"] == "field 'messages': turn 0 holds parts that are not text (image_url)"
 
 
 def _array_rows():
