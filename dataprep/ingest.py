@@ -27,6 +27,7 @@ import csv
 import glob
 import gzip
 import io
+import itertools
 import json
 import lzma
 import re
@@ -353,6 +354,14 @@ def _json_array(path, src, rejects):
 def _csv(path, src, rejects, fmt):
     delim = src.delimiter or ("\t" if fmt == "tsv" else ",")
     lines = _lines(path, src.encoding, rejects, units=False)
+    first = next(lines, None)
+    if first is None:
+        return
+    if fmt == "csv" and not src.delimiter and src.header and "," not in first[1]:
+        # Excel in much of Europe writes ';': a header with no comma and one other separator names it
+        seps = [c for c in ";\t|" if c in first[1]]
+        delim = seps[0] if len(seps) == 1 else delim
+    lines = itertools.chain([first], lines)
     line_no = [0]
 
     def feed():  # csv wants an iterable of lines; remember where each record starts

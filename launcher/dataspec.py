@@ -35,7 +35,8 @@ class Source(Section):
     messages: str | None = Field(None, description="Field that holds a chat: a list of turns ({role, content} or {from, value}).")
     header: bool = Field(True, description="CSV/TSV: the first row names the columns (else name columns by number: 0, 1, ...).")
     encoding: str = Field("utf-8", description="Text encoding of the files (utf-8, latin-1, cp1252 ...).")
-    delimiter: str | None = Field(None, description="CSV: field separator (default , for csv and tab for tsv).")
+    delimiter: str | None = Field(None, description="CSV: field separator (default , for csv, or ; | tab when the header "
+                                                 "has no comma and one of those; tab for tsv).")
     table: str | None = Field(None, description="SQL dump: the table to read (default: the only table with rows).")
     unit: Literal["file", "paragraph", "line"] = Field(
         "file", description="Plain text and HTML: one example per file, per paragraph, or per line.")

@@ -130,6 +130,9 @@ def test_csv_quoted_newlines_header_and_encoding(tmp_path):
     recs = list(read_source(Source(path="a.csv", input="q", output="a"), tmp_path, rej))
     assert [(r["input"], r["output"], r["_where"]) for r in recs] == [
         ('multi\nline "quoted" prompt', "answer, with comma", f"{tmp_path}/a.csv:2"), ("q2", "a2", f"{tmp_path}/a.csv:4")]
+    (tmp_path / "excel.csv").write_bytes('\ufeffq;a\r\n"x; y";1,5\r\n'.encode())  # Excel with a European locale
+    recs = list(read_source(Source(path="excel.csv", input="q", output="a"), tmp_path, rej))
+    assert [(r["input"], r["output"]) for r in recs] == [("x; y", "1,5")]
     (tmp_path / "b.tsv").write_bytes("caf\xe9\tcr\xe8me\n".encode("latin-1"))
     recs = list(read_source(Source(path="b.tsv", header=False, input="0", output="1", encoding="latin-1"), tmp_path, rej))
     assert [(r["input"], r["output"]) for r in recs] == [("café", "crème")]
