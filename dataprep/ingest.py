@@ -475,6 +475,25 @@ def html_text(markup: str) -> list[str]:
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+
+
+def _declared_decode(raw: bytes) -> str | None:
+    """A page the source's encoding cannot decode, decoded by the charset it declares (a scraped
+    site's windows-1252 or Shift_JIS), as browsers do: latin-1 and ASCII read as windows-1252."""
+    import codecs
+
+    m = _META_CHARSET.search(raw[:8192])
+    if not m:
+        return None
+    name = m.group(1).decode("ascii").lower()
+    name = "cp1252" if name in ("iso-8859-1", "latin1", "latin-1", "us-ascii", "ascii") else name
+    try:
+        return raw.decode(codecs.lookup(name).name)
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
 def _html(path, src, rejects, fmt):
     try:
         with open_raw(path) as f:
@@ -486,10 +505,12 @@ def _html(path, src, rejects, fmt):
     try:
         markup = raw.decode(src.encoding)
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        rejects.unit()
-        rejects.bad(f"{path}:{line}", f"cannot decode byte {raw[e.start]:#04x} as {src.encoding} (set encoding: in the source)")
-        return
+        markup = _declared_decode(raw)
+        if markup is None:
+            line = raw[:e.start].count(b"\n") + 1
+            rejects.unit()
+            rejects.bad(f"{path}:{line}", f"cannot decode byte {raw[e.start]:#04x} as {src.encoding} (set encoding: in the source)")
+            return
     paras = html_text(markup)
     if not paras:
         rejects.unit()

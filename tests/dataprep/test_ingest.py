@@ -124,6 +124,20 @@ def test_html_pages_as_a_reader_sees_them(page):
         assert "| " + " | ".join(cells) + " |" in text
 
 
+def test_an_html_page_in_the_charset_it_declares(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    page = '<html><head><meta http-equiv="Content-Type" content="text/html; charset=ISO-8859-1"></head>' \
+           '<body><article><p>Caf\u00e9 cr\u00e8me \u2014 \u201cquoted\u201d, na\u00efve.</p></article></body></html>'
+    (site / "a.html").write_bytes(page.encode("cp1252"))  # what such sites send: cp1252 under a latin-1 label
+    (site / "b.html").write_bytes('<meta charset="shift_jis"><p>\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3067\u3059\u3002</p>'.encode("shift_jis"))
+    recs = list(read_source(Source(path="site"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    assert [r["text"] for r in recs] == ["Caf\u00e9 cr\u00e8me \u2014 \u201cquoted\u201d, na\u00efve.", "\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3067\u3059\u3002"]
+    (site / "b.html").write_bytes(b"<p>caf\xe9 without a declared charset</p>")
+    with pytest.raises(DataError, match=r"b\.html:1: cannot decode byte 0xe9 as utf-8"):
+        list(read_source(Source(path="site/b.html"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+
+
 def test_csv_quoted_newlines_header_and_encoding(tmp_path):
     (tmp_path / "a.csv").write_text('q,a,extra\n"multi\nline ""quoted"" prompt","answer, with comma",x\nq2,a2,y\n')
     rej = Rejects(tmp_path / "r.jsonl")
