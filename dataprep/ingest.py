@@ -267,12 +267,16 @@ def _jsonl(path, src, rejects, fmt):
             hint = " (a JSON file holds one object per line, or one array of objects)" if n == 1 else ""
             rejects.bad(where, f"malformed JSON: {e.msg} at column {e.colno}{hint}", line)
             continue
-        if not isinstance(row, dict):
-            rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", line)
-            continue
-        rec = _map_row(row, src, where, rejects)
+        rec = _json_record(row, src, where, rejects, line)
         if rec is not None:
             yield rec
+
+
+def _json_record(row, src, where, rejects, raw) -> dict | None:
+    if not isinstance(row, dict):
+        rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", raw)
+        return None
+    return _map_row(row, src, where, rejects)
 
 
 _CHUNK = 1 << 20
@@ -338,10 +342,7 @@ def _json_array(path, src, rejects):
                 where = f"{path}:{line}"
                 line += buf.count("\n", pos, end)
                 pos = end
-                if not isinstance(row, dict):
-                    rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", row)
-                    continue
-                rec = _map_row(row, src, where, rejects)
+                rec = _json_record(row, src, where, rejects, row)
                 if rec is not None:
                     yield rec
             bad(f"malformed JSON: the array is not closed after element {n} (a cut-off file?)")
