@@ -23,6 +23,7 @@ text, a truncated SQL dump) goes through `rejects.bad`, which raises a one-line 
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import glob
 import gzip
@@ -222,22 +223,51 @@ def _turns(turns) -> list[dict] | str:
 
 # -- readers ------------------------------------------------------------------------------------
 
+def bom_encoding(head: bytes, encoding: str) -> str:
+    """UTF-16 and UTF-32 files (Excel's "Unicode Text") name themselves by a byte-order mark;
+    under the default utf-8 that mark decides."""
+    if codecs.lookup(encoding).name != "utf-8":
+        return encoding
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    return "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else encoding
+
+
+def _decoded(path: Path, encoding: str) -> Iterator[tuple[int, str, str | None]]:
+    """(number, text, problem) for each physical line. An undecodable line comes with its problem
+    and its text backslash-escaped, so that a reader can refuse the record it belongs to. UTF-16
+    and UTF-32 are split into lines after decoding (their newline is not the byte 0x0a). Raises
+    READ_ERRORS for a corrupt compressed file."""
+    with open_raw(path) as f:
+        enc = bom_encoding(f.peek(4)[:4], encoding)
+        if codecs.lookup(enc).name.startswith(("utf-16", "utf-32")):
+            n = 0
+            try:
+                for n, line in enumerate(io.TextIOWrapper(f, encoding=enc, newline=""), 1):
+                    yield n, line, None
+            except UnicodeDecodeError:
+                yield n + 1, "", f"cannot decode the file as {enc} past line {n} (set encoding: in the source)"
+            return
+        for n, raw in enumerate(f, 1):
+            try:
+                yield n, raw.decode(enc), None
+            except UnicodeDecodeError as e:
+                yield n, raw.decode(enc, "backslashreplace"), (f"cannot decode byte {raw[e.start]:#04x} at column "
+                                                                f"{e.start + 1} as {enc} (set encoding: in the source)")
+
+
 def _lines(path: Path, encoding: str, rejects: Rejects, units: bool = True) -> Iterator[tuple[int, str]]:
-    """Decode line by line, so an undecodable byte is reported with its line. units: each physical
+    """Decoded lines; an undecodable one is reported with its line number. units: each physical
     line is an input unit (else the caller counts its own units; an undecodable line always is one)."""
     n = 0
     try:
-        with open_raw(path) as f:
-            for n, raw in enumerate(f, 1):
-                if units:
-                    rejects.unit()
-                try:
-                    yield n, raw.decode(encoding)
-                except UnicodeDecodeError as e:
-                    if not units:
-                        rejects.unit()
-                    rejects.bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as "
-                                               f"{encoding} (set encoding: in the source)", raw)
+        for n, text, problem in _decoded(path, encoding):
+            if units or problem:
+                rejects.unit()
+            if problem:
+                rejects.bad(f"{path}:{n}", problem, text)
+                continue
+            yield n, text
     except READ_ERRORS as e:
         rejects.unit()  # the rest of the file, unread
         rejects.bad(f"{path}:{n + 1}", f"cannot read the file past line {n}: {e}")
@@ -352,49 +382,82 @@ def _json_array(path, src, rejects):
         bad(f"cannot read the file past element {n}: {e}")
 
 
+_MAX_RECORD_LINES = 100_000  # a quoted field longer than this is taken for an unclosed quote
+
+
+class _RunOn(Exception):
+    pass
+
+
 def _csv(path, src, rejects, fmt):
+    """CSV/TSV records. A record that will not parse is refused by its first line, and reading
+    goes on at the next line, so one stray quote costs one row, not the rest of the file. In TSV,
+    where quoting is often not meant (a field that starts with a quoted title), such a line is
+    read again split on tabs alone. A record with an undecodable line is refused whole."""
     delim = src.delimiter or ("\t" if fmt == "tsv" else ",")
-    lines = _lines(path, src.encoding, rejects, units=False)
-    first = next(lines, None)
-    if first is None:
-        return
-    if fmt == "csv" and not src.delimiter and src.header and "," not in first[1]:
-        # Excel in much of Europe writes ';': a header with no comma and one other separator names it
-        seps = [c for c in ";\t|" if c in first[1]]
-        delim = seps[0] if len(seps) == 1 else delim
-    lines = itertools.chain([first], lines)
-    line_no = [0]
-
-    def feed():  # csv wants an iterable of lines; remember where each record starts
-        for n, text in lines:
-            line_no[0] = n
-            yield text.lstrip("\ufeff") if n == 1 else text
-
-    reader = csv.reader(feed(), delimiter=delim, strict=True)
+    pending: list = []  # the lines of the record being read: (number, text, problem)
     header = None
-    start = 1
+
+    def record(fields, lines):
+        nonlocal header
+        where = f"{path}:{lines[0][0]}"
+        rejects.unit()
+        problem = next((p for _, _, p in lines if p), None)
+        if problem:
+            rejects.bad(where, problem, "".join(t for _, t, _ in lines))
+            return None
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            rejects.skip(where, "empty_line", delim.join(fields))
+            return None
+        if src.header and header is None:
+            header = fields
+            rejects.skip(where, "csv_header", delim.join(fields))
+            return None
+        if header and len(fields) != len(header):
+            rejects.bad(where, f"row has {len(fields)} fields, the header has {len(header)}", delim.join(fields))
+            return None
+        return _map_row(dict(zip(header or [str(i) for i in range(len(fields))], fields)), src, where, rejects)
+
+    def feed(items):  # csv wants lines; it asks for one more only while a record is unfinished
+        for item in items:
+            pending.append(item)
+            if len(pending) > _MAX_RECORD_LINES:
+                raise _RunOn(f"a quoted field runs on for over {_MAX_RECORD_LINES} lines (an unclosed quote?)")
+            yield item[1].lstrip("\ufeff") if item[0] == 1 else item[1]
+
+    lines = _decoded(path, src.encoding)
     try:
-        for fields in reader:
-            where = f"{path}:{start}"
-            start = line_no[0] + 1
-            rejects.unit()
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                rejects.skip(where, "empty_line", delim.join(fields))
-                continue
-            if src.header and header is None:
-                header = fields
-                rejects.skip(where, "csv_header", delim.join(fields))
-                continue
-            names = header or [str(i) for i in range(len(fields))]
-            if header and len(fields) != len(header):
-                rejects.bad(where, f"row has {len(fields)} fields, the header has {len(header)}", delim.join(fields))
-                continue
-            rec = _map_row(dict(zip(names, fields)), src, where, rejects)
-            if rec is not None:
-                yield rec
-    except csv.Error as e:
-        rejects.unit()  # the record that would not parse; the lines after it are not read
-        rejects.bad(f"{path}:{start}", f"malformed CSV: {e}")
+        first = next(lines, None)
+        if first is None:
+            return
+        if fmt == "csv" and not src.delimiter and src.header and "," not in first[1]:
+            # Excel in much of Europe writes ';': a header with no comma and one other separator names it
+            seps = [c for c in ";\t|" if c in first[1]]
+            delim = seps[0] if len(seps) == 1 else delim
+        todo = itertools.chain([first], lines)
+        while True:
+            try:
+                for fields in csv.reader(feed(todo), delimiter=delim, strict=True):
+                    done, pending[:] = pending[:], []
+                    rec = record(fields, done)
+                    if rec is not None:
+                        yield rec
+                return
+            except (csv.Error, _RunOn) as e:
+                bad, pending[:] = pending[:], []
+                if not bad:
+                    raise
+                todo = itertools.chain(bad[1:], todo)  # the lines after the bad one are read anew
+                if fmt == "tsv" and isinstance(e, csv.Error):
+                    rec = record(bad[0][1].rstrip("\r\n").split(delim), bad[:1])
+                    if rec is not None:
+                        yield rec
+                    continue
+                rejects.unit()
+                rejects.bad(f"{path}:{bad[0][0]}", f"malformed CSV: {e}", bad[0][1])
+    except READ_ERRORS as e:
+        rejects.unit()  # the rest of the file, unread
+        rejects.bad(f"{path}", f"cannot read the file: {e}")
 
 
 # HTML: the main content of a page as a reader sees it. trafilatura finds it (bench/prep_html.py
@@ -504,7 +567,7 @@ def _html(path, src, rejects, fmt):
         rejects.bad(f"{path}:1", f"cannot read the file: {e}")
         return
     try:
-        markup = raw.decode(src.encoding)
+        markup = raw.decode(bom_encoding(raw[:4], src.encoding))
     except UnicodeDecodeError as e:
         markup = _declared_decode(raw)
         if markup is None:

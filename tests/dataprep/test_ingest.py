@@ -152,6 +152,50 @@ def test_csv_quoted_newlines_header_and_encoding(tmp_path):
     assert [(r["input"], r["output"]) for r in recs] == [("café", "crème")]
 
 
+def _read_all(tmp_path, source, skip_bad=True):
+    rej = Rejects(tmp_path / "r.jsonl", skip_bad=skip_bad)
+    recs = list(read_source(source, tmp_path, rej))
+    rej.close()
+    dropped = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert rej.units == len(recs) + len(dropped)  # every unit read is kept or rejected
+    return recs, dropped
+
+
+def test_one_bad_csv_record_costs_that_record_not_the_rest_of_the_file(tmp_path):
+    good = [f'q{i},"answer {i}, with a comma"\n' for i in range(5)]
+    (tmp_path / "a.csv").write_text("q,a\n" + "".join(good) + '"The 27" monitor" review,Great monitor\n'
+                                    + "".join(good).replace("q", "r"))
+    with pytest.raises(DataError, match=r"a\.csv:7: malformed CSV"):
+        list(read_source(Source(path="a.csv", input="q", output="a"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    recs, dropped = _read_all(tmp_path, Source(path="a.csv", input="q", output="a"))
+    assert [r["input"] for r in recs] == [f"q{i}" for i in range(5)] + [f"r{i}" for i in range(5)]
+    assert [(d["where"].rsplit(":", 1)[1], d["reason"]) for d in dropped] == [("1", "csv_header"), ("7", "bad_input")]
+
+
+def test_an_undecodable_line_inside_a_quoted_field_refuses_the_whole_record(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b'q,a\nWhat does the caf\xe9 sell?,"It sells coffee\nand pastries, mostly"\nq2,a2\n')
+    recs, dropped = _read_all(tmp_path, Source(path="a.csv", input="q", output="a"))
+    assert [(r["input"], r["output"]) for r in recs] == [("q2", "a2")]
+    assert dropped[1]["where"].endswith("a.csv:2") and "cannot decode byte 0xe9" in dropped[1]["detail"]
+
+
+def test_tsv_with_quotes_that_are_text_and_with_quotes_that_are_quoting(tmp_path):
+    (tmp_path / "a.tsv").write_text('instruction\toutput\nName a film\t"Casablanca" is a classic.\n'
+                                    '"Quoted\ttab"\t"He said ""hi"""\n' 'last\tone\n')
+    recs, dropped = _read_all(tmp_path, Source(path="a.tsv"), skip_bad=False)
+    assert [(r["input"], r["output"]) for r in recs] == [
+        ("Name a film", '"Casablanca" is a classic.'), ("Quoted\ttab", 'He said "hi"'), ("last", "one")]
+
+
+def test_utf16_with_a_byte_order_mark_is_read_as_utf16(tmp_path):
+    (tmp_path / "a.tsv").write_bytes("question\tanswer\r\nwhat is 世界?\tthe world\r\n".encode("utf-16"))
+    (tmp_path / "b.txt").write_bytes("line one é\nline two\n".encode("utf-16-be").join([b"\xfe\xff", b""]))
+    recs, _ = _read_all(tmp_path, Source(path="a.tsv"), skip_bad=False)
+    assert [(r["input"], r["output"]) for r in recs] == [("what is 世界?", "the world")]
+    recs, _ = _read_all(tmp_path, Source(path="b.txt", unit="line"), skip_bad=False)
+    assert [r["text"] for r in recs] == ["line one é", "line two"]
+
+
 def test_jsonl_mappings_and_chat(tmp_path):
     lines = [{"prompt": "p1", "generation": "g1"},
              {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
