@@ -297,27 +297,43 @@ def _jsonl(path, src, rejects, fmt):
             hint = " (a JSON file holds one object per line, or one array of objects)" if n == 1 else ""
             rejects.bad(where, f"malformed JSON: {e.msg} at column {e.colno}{hint}", line)
             continue
-        rec = _json_record(row, src, where, rejects, line)
+        except RecursionError:
+            rejects.bad(where, "malformed JSON: nested too deeply", line[:200])
+            continue
+        rec = _json_record(row, src, where, rejects, line, _ESC_SURROGATE.search(line) is not None)
         if rec is not None:
             yield rec
 
 
-def _json_record(row, src, where, rejects, raw) -> dict | None:
+# "\ud800" alone decodes to a lone surrogate, which no later stage can encode: such a row is bad
+# input. Only rows whose raw text has such an escape are checked (a pair is an emoji, and fine).
+_ESC_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_record(row, src, where, rejects, raw, escapes: bool) -> dict | None:
     if not isinstance(row, dict):
         rejects.bad(where, f"expected a JSON object, got {type(row).__name__}", raw)
         return None
+    if escapes:
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            rejects.bad(where, f"a lone surrogate ({e.object[e.start]!r}) is not Unicode text", json.dumps(row))
+            return None
     return _map_row(row, src, where, rejects)
 
 
 _CHUNK = 1 << 20
 _MAX_ELEMENT = 64 << 20  # characters; an array element larger than this is taken as malformed
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
+_JSON_STRUCT = re.compile(r'[{}\[\]"\\\n]')
 
 
 def _json_array(path, src, rejects):
     """Each element of a file that holds one JSON array, decoded one at a time out of a sliding
-    buffer (the standard library's raw_decode), so a large file streams. A malformed element ends
-    the file's reading: past it there is no telling where the next element starts."""
+    buffer (the standard library's raw_decode), so a large file streams. A malformed element is
+    refused and skipped to where its brackets close (strings end at a line's end, as JSON's must),
+    so one bad element costs that element."""
     decoder = json.JSONDecoder()
     line, n = 1, 0
 
@@ -347,6 +363,33 @@ def _json_array(path, src, rejects):
                     if pos < len(buf) or not more():
                         return pos < len(buf)
 
+            def element_end():  # by bracket depth; None if it never closes
+                depth, in_str, i = 0, False, pos
+                while True:
+                    m = _JSON_STRUCT.search(buf, i)
+                    if m is None or (m.group() == "\\" and m.end() >= len(buf)):
+                        off = i - pos
+                        if len(buf) - pos > _MAX_ELEMENT or not more():
+                            return None
+                        i = pos + off
+                        continue
+                    c, i = m.group(), m.end()
+                    if in_str:
+                        if c == "\\":
+                            i += 1
+                        elif c in '"\n':
+                            in_str = False
+                    elif c == '"':
+                        in_str = True
+                    elif c in "{[":
+                        depth += 1
+                    elif c in "}]":
+                        if depth == 0:  # the array's own "]": a broken last element without brackets
+                            return m.start()
+                        depth -= 1
+                        if depth == 0:
+                            return i
+
             skip_space()
             pos += 1  # the "[" that made this an array
             while skip_space():
@@ -359,20 +402,29 @@ def _json_array(path, src, rejects):
                     pos += 1
                     if not skip_space():
                         break
-                while True:
+                try:
+                    row, end = decoder.raw_decode(buf, pos)
+                except (json.JSONDecodeError, RecursionError):
+                    end = element_end()  # the buffer may just have ended inside it: read on to its end
+                    if end is None:
+                        bad(f"malformed JSON in element {n + 1}: it never closes; the rest of the file was not read",
+                            buf[pos:pos + 200])
+                        return
                     try:
                         row, end = decoder.raw_decode(buf, pos)
-                        break
-                    except json.JSONDecodeError as e:
-                        if len(buf) - pos > _MAX_ELEMENT or not more():
-                            bad(f"malformed JSON in element {n + 1}: {e.msg}", buf[pos:pos + 200])
-                            return
+                    except (json.JSONDecodeError, RecursionError) as e:
+                        n += 1
+                        why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                        bad(f"malformed JSON in element {n}: {why}", buf[pos:min(end, pos + 200)])
+                        line += buf.count("\n", pos, end)
+                        pos = end
+                        continue
                 n += 1
                 rejects.unit()
-                where = f"{path}:{line}"
+                where, escapes = f"{path}:{line}", _ESC_SURROGATE.search(buf, pos, end) is not None
                 line += buf.count("\n", pos, end)
                 pos = end
-                rec = _json_record(row, src, where, rejects, row)
+                rec = _json_record(row, src, where, rejects, row, escapes)
                 if rec is not None:
                     yield rec
             bad(f"malformed JSON: the array is not closed after element {n} (a cut-off file?)")

@@ -297,6 +297,33 @@ def test_a_broken_json_file_is_one_line_that_names_the_line(tmp_path, content, m
     assert rej.units == len(recs) + len(dropped)  # every unit read is kept or rejected
 
 
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+def test_a_broken_array_element_costs_that_element(tmp_path, monkeypatch, chunk):
+    import dataprep.ingest as ingest
+
+    monkeypatch.setattr(ingest, "_CHUNK", chunk)
+    elements = [json.dumps({"prompt": f"p{i}", "generation": f"g{i} ] }} ,{{ \\\" x"}, indent=2) for i in range(10)]
+    elements[3] = "{'prompt': 'single quotes', 'generation': 'g'}"
+    elements[5] = ('{"messages": [{"role": "user", "content": "a ] b"}, {"role": "assistant", "content": "c"}],\n'
+                   '  "broken": tru}')  # nested objects, a bracket in a string, then the error
+    elements[7] = "[" * 100_000 + "]" * 100_000  # deeper than the decoder's recursion
+    (tmp_path / "a.json").write_text("[\n" + ",\n".join(elements) + "\n]\n")
+    recs, dropped = _read_all(tmp_path, Source(path="a.json"))
+    assert [r["input"] for r in recs] == [f"p{i}" for i in range(10) if i not in (3, 5, 7)]
+    assert [d["detail"].split(":")[0] for d in dropped] == [f"malformed JSON in element {i + 1}" for i in (3, 5, 7)]
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.json"])
+def test_a_lone_surrogate_or_deep_nesting_is_a_bad_row_not_a_crash(tmp_path, name):
+    rows_ = ['{"prompt": "q", "generation": "\\ud800 alone"}', '{"prompt": "emoji", "generation": "\\ud83c\\udf89 pair"}',
+             '{"prompt": "deep", "generation": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"prompt": "ok", "generation": "fine"}']
+    (tmp_path / name).write_text("[" + ",\n".join(rows_) + "]" if name.endswith(".json") else "\n".join(rows_) + "\n")
+    recs, dropped = _read_all(tmp_path, Source(path=name))
+    assert [(r["input"], r["output"]) for r in recs] == [("emoji", "\U0001f389 pair"), ("ok", "fine")]
+    assert [d["where"].rsplit(":", 1)[1] for d in dropped] == ["1", "3"]
+    assert "lone surrogate" in dropped[0]["detail"] and "nested too deeply" in dropped[1]["detail"]
+
+
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
 def test_compressed_files_read_as_what_they_hold(tmp_path, suffix):
     import bz2
