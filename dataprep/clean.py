@@ -17,8 +17,9 @@ import unicodedata
 
 from launcher.dataspec import CleanConfig
 
-# Control characters except tab and newline, plus zero-width characters and the BOM.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
+# Control characters except tab and newline, plus the zero-width space, word joiner and BOM. The
+# zero-width (non-)joiners stay: Persian and Indic spelling and emoji sequences (👨‍👩‍👧) need them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
 
@@ -193,6 +194,6 @@ def clean_record(rec: dict, cfg: CleanConfig, bp: Boilerplate) -> tuple[dict | s
         return None, "too_long_chars"
     if "output" in out and not out["output"]:
         return None, "empty_output"
-    if "messages" in out and not any(t["content"] for t in out["messages"] if t["role"] == "assistant"):
-        return None, "empty_output"
+    if "messages" in out and not next((t["content"] for t in reversed(out["messages"]) if t["role"] == "assistant"), ""):
+        return None, "empty_output"  # the last answer is the one trained on
     return out, None

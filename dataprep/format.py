@@ -31,9 +31,12 @@ class Formatter:
         """(prompt, answer), or a drop reason."""
         if "messages" in rec:
             turns = rec["messages"]
-            if turns[-1]["role"] != "assistant":
+            # a chat that ends on the user's turn (a ShareGPT export cut mid-conversation) trains on
+            # its last answer; the turns after it have nothing to learn
+            last = next((i for i in range(len(turns) - 1, -1, -1) if turns[i]["role"] == "assistant"), None)
+            if last is None:
                 return "chat_without_final_answer"
-            return self._template(turns[:-1], True), turns[-1]["content"]
+            return self._template(turns[:last], True), turns[last]["content"]
         if "text" in rec:
             return "", rec["text"]
         if self.cfg.chat_template:
@@ -47,7 +50,11 @@ class Formatter:
             if "text" in rec:
                 return {c.text_key: rec["text"]}
             if "messages" in rec:
-                return {c.text_key: self._template(rec["messages"], False)}
+                # the template closes the last turn and tokenizing adds the end-of-sequence token:
+                # where those are one token (SmolLM2's <|im_end|>) it would come twice
+                text = self._template(rec["messages"], False).rstrip()
+                eos = getattr(self.tok, "eos_token", None)
+                return {c.text_key: text.removesuffix(eos) if eos else text}
             p = self.pair(rec)
             if isinstance(p, str):
                 return p

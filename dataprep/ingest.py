@@ -74,13 +74,16 @@ ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assi
          "model": "assistant", "system": "system", "chatgpt": "assistant"}
 
 
+_SAVED_DATASET = ("dataset_info.json", "dataset_dict.json")  # save_to_disk of a Dataset, of a DatasetDict
+
+
 def source_files(src: Source, base_dir: Path, skipped: list[Path] | None = None) -> list[tuple[Path, str]]:
     """The files a source names, each with its format; an error if there are none. Files of a
     folder or glob whose format the extension does not tell are passed over, into `skipped`."""
     pattern = Path(src.path).expanduser()
     if not pattern.is_absolute():
         pattern = base_dir / pattern
-    if src.format == "hf_dataset" or (pattern.is_dir() and (pattern / "dataset_info.json").exists()):
+    if src.format == "hf_dataset" or (pattern.is_dir() and any((pattern / f).exists() for f in _SAVED_DATASET)):
         if not pattern.exists():
             raise DataError(f"{pattern}: no such dataset folder")
         return [(pattern, "hf_dataset")]
@@ -139,6 +142,9 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
     """Pick the text / input+output / messages out of a row by the source's key mapping."""
     def get(key):
         if key not in row:
+            # SQL dumps and spreadsheets differ in the case of their column names: Prompt is prompt
+            key = next((k for k in row if isinstance(k, str) and k.lower() == key.lower()), key)
+        if key not in row:
             if not failed:  # one reject per row, however many fields it lacks
                 rejects.bad(where, f"no field {key!r} (fields: {', '.join(map(str, row)) or 'none'})", row)
             failed.append(key)
@@ -171,6 +177,9 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
         rec["input"], rec["output"] = a, b
     else:
         pair = next((p for p in AUTO_PAIRS if p[0] in row and p[1] in row), None)
+        if pair is None and "text" not in row and any(isinstance(k, str) and not k.islower() for k in row):
+            row = {k.lower() if isinstance(k, str) else k: v for k, v in row.items()}  # Instruction, Question ...
+            pair = next((p for p in AUTO_PAIRS if p[0] in row and p[1] in row), None)
         if pair:
             rec["input"], rec["output"] = _with_context(row, pair[0]), row[pair[1]]
         elif "text" in row:
@@ -180,8 +189,25 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
                                f"(fields: {', '.join(map(str, row)) or 'none'})", row)
             return None
     for k in ("text", "input", "output"):
-        if k in rec and rec[k] is not None and not isinstance(rec[k], str):
-            rec[k] = json.dumps(rec[k], ensure_ascii=False) if isinstance(rec[k], (dict, list)) else str(rec[k])
+        v = rec.get(k)
+        if v is None or isinstance(v, str):
+            continue
+        if isinstance(v, bytes):  # a Parquet or database binary column
+            try:
+                rec[k] = v.decode(src.encoding)
+            except UnicodeDecodeError:
+                rejects.bad(where, f"field {k}: bytes that are not {src.encoding} text", row)
+                return None
+        elif isinstance(v, dict) and v and all(isinstance(i, str) and i.isdigit() for i in v):
+            rejects.bad(where, f"field {k} holds a column of rows ({len(v)} values keyed 0, 1, ...): the file looks like "
+                               "pandas' to_json() default; write it with orient='records', lines=True", row)
+            return None
+        elif isinstance(v, float) and v != v:
+            rec[k] = None  # NaN: pandas' empty cell, a null
+        elif isinstance(v, (dict, list, bool, int, float)):  # a function call's JSON answer stays JSON; true, not True
+            rec[k] = json.dumps(v, ensure_ascii=False, default=str)
+        else:  # a date or a decimal from a database
+            rec[k] = str(v)
     return rec
 
 
@@ -546,6 +572,9 @@ def html_text(markup: str) -> list[str]:
     import trafilatura
     from lxml import etree
 
+    # lxml refuses a str that declares its own encoding (an XHTML page's <?xml ... encoding=...?>):
+    # it is decoded already
+    markup = _XML_DECLARATION.sub("", markup, count=1)
     try:
         tree = lxml.html.fromstring(markup)
     except (etree.ParserError, ValueError):
@@ -591,6 +620,7 @@ def html_text(markup: str) -> list[str]:
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
+_XML_DECLARATION = re.compile(r"^\ufeff?\s*<\?xml[^>]*\?>")
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
 
 
@@ -690,7 +720,13 @@ def _parquet(path, src, rejects, fmt):
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        if path.suffix.lower() in _OPENERS:  # Parquet compresses inside; an outer layer is read whole
+            import pyarrow as pa
+
+            with open_raw(path) as f:
+                pf = pq.ParquetFile(pa.BufferReader(f.read()))
+        else:
+            pf = pq.ParquetFile(path)
     except Exception as e:
         rejects.unit()
         rejects.bad(f"{path}:1", f"not a readable Parquet file: {str(e).splitlines()[0]}")
@@ -728,8 +764,14 @@ def _read_url(src, rejects):
         import sqlalchemy
     except ImportError:
         raise DataError(f"data.sources url {src.url}: reading a live database needs SQLAlchemy (pip install sqlalchemy)") from None
-    engine = sqlalchemy.create_engine(src.url)
     label = src.url.split("@")[-1]  # never print a password
+    try:
+        engine = sqlalchemy.create_engine(src.url)
+    except ImportError as e:  # the dialect's driver (psycopg, pymysql ...) is not installed
+        raise DataError(f"data.sources url {label}: needs the database driver {e.name or e} (pip install it)") from None
+    except sqlalchemy.exc.ArgumentError as e:
+        raise DataError(f"data.sources url {label}: not a database URL ({str(e).splitlines()[0]}); "
+                        "e.g. postgresql://user@host/db or sqlite:///file.db") from None
     try:
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True).execute(sqlalchemy.text(src.query))

@@ -33,7 +33,7 @@ from .ingest import read_source, source_files
 from .report import write_report
 from .tokenize import Packer
 
-VERSION = "dataprep-4"  # bump when the output of the same inputs changes (4: Alpaca's input kept, skipped files listed)
+VERSION = "dataprep-4"  # bump when the output of the same inputs changes (4: more layouts read, joiners kept)
 STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 
@@ -100,8 +100,11 @@ def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokeniz
     # Atomic output: the run writes into a scratch folder beside out_dir and takes its place only
     # when it succeeds, so a failed run leaves the previous complete output (or none), never a mix.
     work = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    # A failed run's rejects are kept beside the output: they say why nothing was left
+    failed_rejects = out_dir.with_name(f"{out_dir.name}.failed-run-rejects.jsonl")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    rejects = None
     try:
         rejects = Rejects(work / "rejects.jsonl", skip_bad)
         counts = {s: {"in": 0, "kept": 0} for s in STAGES}
@@ -112,13 +115,19 @@ def prepare(spec, out_dir: Path, base_dir: Path, skip_bad: bool = False, tokeniz
         if key:
             (work / "cache.json").write_text(json.dumps({"key": key}))
     except BaseException as e:
+        kept = isinstance(e, DataError) and rejects is not None and rejects.total() > 0
+        if kept:
+            os.replace(work / "rejects.jsonl", failed_rejects)
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(e, DataError):
             left = (f"{out_dir} still holds the previous complete output" if (out_dir / "report.json").exists()
                     else f"nothing written to {out_dir}")
+            if kept:
+                left += f"; the {rejects.total()} rows rejected are listed in {failed_rejects}"
             raise DataError(f"{e}; {left}") from None
         raise
     _replace_dir(work, out_dir)
+    failed_rejects.unlink(missing_ok=True)
     return report
 
 
@@ -338,8 +347,7 @@ def _format_split_tokenize(stream: Iterator[dict], cfg: DataConfig, tok, out_dir
         if pending is not None:
             total = len(pending["train"]) + len(pending["val"])
             if total == 0:
-                raise DataError(f"no examples left after cleaning and deduplication ({rejects.total()} rows "
-                                f"rejected; see {out_dir / 'rejects.jsonl'})")
+                raise DataError("no examples left after cleaning and deduplication")
             if total == 1:
                 raise DataError("only 1 example left after cleaning and deduplication: need at least 2 "
                                 "(one for training, one for validation)")

@@ -417,6 +417,52 @@ def test_bad_input_names_file_and_line(tmp_path, name, content, source, match):
     assert rej.units == len(recs) + len(dropped)  # every unit read is kept or rejected
 
 
+def test_rows_as_exported_by_spreadsheets_pandas_and_databases(tmp_path):
+    """Column names in another case, pandas' column-oriented to_json, NaN cells, booleans, binary
+    Parquet columns, a compressed Parquet file and a saved DatasetDict."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.csv").write_text("Instruction,Output\nName a colour,Blue\n")
+    recs, _ = _read_all(tmp_path, Source(path="a.csv"), skip_bad=False)
+    assert [(r["input"], r["output"]) for r in recs] == [("Name a colour", "Blue")]
+    recs, _ = _read_all(tmp_path, Source(path="a.csv", input="instruction", output="OUTPUT"), skip_bad=False)
+    assert [(r["input"], r["output"]) for r in recs] == [("Name a colour", "Blue")]
+    (tmp_path / "p.json").write_text(json.dumps({"instruction": {"0": "a", "1": "b"}, "output": {"0": "x", "1": "y"}}) + "\n")
+    recs, dropped = _read_all(tmp_path, Source(path="p.json"))
+    assert not recs and "orient='records', lines=True" in dropped[0]["detail"]
+    (tmp_path / "v.jsonl").write_text('{"prompt": "ok?", "generation": true}\n{"prompt": "n", "generation": NaN}\n'
+                                      '{"prompt": "call", "generation": {"name": "f", "args": [1]}}\n')
+    recs, _ = _read_all(tmp_path, Source(path="v.jsonl"), skip_bad=False)
+    assert [r["output"] for r in recs] == ["true", None, '{"name": "f", "args": [1]}']  # None: a null, dropped by clean
+    table = pa.table({"text": pa.array([b"bytes text", "caf\u00e9".encode()], pa.binary())})
+    pq.write_table(table, tmp_path / "b.parquet")
+    (tmp_path / "b.parquet.gz").write_bytes(__import__("gzip").compress((tmp_path / "b.parquet").read_bytes()))
+    for name in ("b.parquet", "b.parquet.gz"):
+        recs, _ = _read_all(tmp_path, Source(path=name), skip_bad=False)
+        assert [r["text"] for r in recs] == ["bytes text", "caf\u00e9"]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["t1", "t2"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["held out"]})}).save_to_disk(str(tmp_path / "dd"))
+    recs, _ = _read_all(tmp_path, Source(path="dd"), skip_bad=False)
+    assert [r["text"] for r in recs] == ["t1", "t2"]
+
+
+def test_an_xhtml_page_with_an_xml_declaration(tmp_path):
+    (tmp_path / "x.html").write_text('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html>\n'
+                                     '<html xmlns="http://www.w3.org/1999/xhtml"><body><p>XHTML body text.</p></body></html>')
+    recs, _ = _read_all(tmp_path, Source(path="x.html"), skip_bad=False)
+    assert [r["text"] for r in recs] == ["XHTML body text."]
+
+
+@pytest.mark.parametrize("url,match", [("mysql://user:secret@db.example/x", r"url db\.example/x: needs the database driver"),
+                                       ("not a url", r"url not a url: not a database URL")])
+def test_a_database_url_that_cannot_work_is_one_line(tmp_path, url, match):
+    with pytest.raises(DataError, match=match) as e:
+        list(read_source(Source(url=url, query="SELECT 1"), tmp_path, Rejects(tmp_path / "r.jsonl")))
+    assert "secret" not in str(e.value)
+
+
 def test_live_database_url_and_query(tmp_path):
     import sqlite3
 

@@ -282,6 +282,40 @@ def test_every_physical_line_is_kept_or_rejected(tmp_path, job, tokenizer):
     assert report["dedup"]["settings"]["threshold"] == 0.85 and "candidate pairs checked" in md
 
 
+def test_chats_cut_mid_conversation_joiners_and_chat_as_text(tmp_path, job, tokenizer):
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ inside the word
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    chats = [{"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": f"{persian} {family}"},
+                           {"role": "user", "content": "and then?"}]},  # ends on the user: trained up to its last answer
+             {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"},
+                           {"role": "user", "content": "more"}, {"role": "assistant", "content": ""}]},
+             {"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}]}]
+    write_jsonl(tmp_path / "c.jsonl", chats)
+    out = tmp_path / "out"
+    prepare(job([{"path": "c.jsonl"}], split=[0.5, 0.5]), out, tmp_path, tokenizer=tokenizer)
+    rows = {json.loads(x)["output"]: json.loads(x)["input"] for f in ("train.jsonl", "val.jsonl")
+            for x in (out / f).read_text().splitlines()}
+    assert set(rows) == {f"{persian} {family}", "a3"}
+    assert rows[f"{persian} {family}"].endswith("q1<|im_end|>\n<|im_start|>assistant\n")
+    assert [(r["where"], r["reason"]) for r in rejects(out)] == [(f"{tmp_path}/c.jsonl:2", "empty_output")]
+    prepare(job([{"path": "c.jsonl"}], split=[0.5, 0.5], format="text"), out, tmp_path, tokenizer=tokenizer)
+    texts = [json.loads(x)["text"] for f in ("train.jsonl", "val.jsonl") for x in (out / f).read_text().splitlines()]
+    assert texts and all(t.endswith(("a3", "and then?")) for t in texts), texts  # the end-of-sequence token comes once
+
+
+def test_a_run_that_keeps_nothing_keeps_its_rejects(tmp_path, job, tokenizer):
+    write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "generation": "As an AI language model, I cannot."},
+                                       {"prompt": "p", "generation": ""}])
+    out = tmp_path / "data"
+    kept = tmp_path / "data.failed-run-rejects.jsonl"
+    with pytest.raises(DataError, match=rf"no examples left.*the 2 rows rejected are listed in {kept}"):
+        prepare(job([{"path": "a.jsonl"}]), out, tmp_path, tokenizer=tokenizer)
+    assert sorted(json.loads(x)["reason"] for x in kept.read_text().splitlines()) == ["boilerplate", "empty_output"]
+    write_jsonl(tmp_path / "a.jsonl", qa(10))
+    prepare(job([{"path": "a.jsonl"}]), out, tmp_path, tokenizer=tokenizer)
+    assert not kept.exists()  # a run that succeeds takes the stale list away
+
+
 def test_a_failed_run_leaves_the_previous_output_whole(tmp_path, job, tokenizer):
     write_jsonl(tmp_path / "a.jsonl", qa(20))
     out = tmp_path / "data"
