@@ -37,7 +37,7 @@ class Rejects:
             rec["detail"] = detail
         if row is not None:
             rec["row"] = _preview(row)
-        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        line = json.dumps(rec, ensure_ascii=False, default=str) + "\n"  # a row may hold dates, an Unreadable
         with self._lock:
             self.counts[(stage, reason)] += 1
             self._f.write(line)

@@ -60,6 +60,17 @@ AUTO_SYSTEM = ("system_prompt", "system")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
+class Unreadable:
+    """A value a reader could not turn into text (an SQL expression it does not evaluate): the row
+    is refused only if its mapping uses that column."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"<{self.problem}>"
+
+
 def data_suffix(path: Path) -> str:
     """The extension that names a file's format, under any compression suffix (data.jsonl.gz: .jsonl)."""
     suffix = path.suffix.lower()
@@ -192,6 +203,9 @@ def _map_row(row: dict, src: Source, where: str, rejects: Rejects) -> dict | Non
         v = rec.get(k)
         if v is None or isinstance(v, str):
             continue
+        if isinstance(v, Unreadable):
+            rejects.bad(where, f"field {k}: {v.problem}", row)
+            return None
         if isinstance(v, bytes):  # a Parquet or database binary column
             try:
                 rec[k] = v.decode(src.encoding)

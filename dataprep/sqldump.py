@@ -21,7 +21,7 @@ import sqlglot
 from sqlglot import exp
 
 from .errors import DataError
-from .ingest import READ_ERRORS, open_raw
+from .ingest import READ_ERRORS, Unreadable, open_raw
 
 _SPECIAL = re.compile(r"['\"`;]|--|/\*|#")
 _COPY = re.compile(r"^\s*COPY\s+(\S+)\s*\((.*?)\)\s*FROM\s+stdin", re.I | re.S)
@@ -138,12 +138,15 @@ def _statements(path: Path, lines: Iterator[tuple[int, str]], dialect: str, bad,
 
 
 def _value(v: exp.Expression):
+    """A value of an INSERT as text. One this does not evaluate (an ARRAY, a function call) becomes
+    an Unreadable: an error for the row only if the source's mapping uses its column."""
     if isinstance(v, exp.Null):
         return None
     if isinstance(v, exp.Literal):
         return str(v.this)
     if isinstance(v, exp.Neg):
-        return "-" + str(_value(v.this))
+        x = _value(v.this)
+        return x if isinstance(x, Unreadable) else "-" + x
     if isinstance(v, exp.Boolean):
         return "true" if v.this else "false"
     if isinstance(v, exp.Replace):  # sqlite .dump writes newlines as replace('a\nb','\n',char(10))
@@ -152,9 +155,13 @@ def _value(v: exp.Expression):
         return "".join(chr(int(_value(x))) for x in v.expressions)
     if isinstance(v, (exp.HexString,)):
         return bytes.fromhex(v.this).decode("utf-8", "replace")
-    if isinstance(v, exp.Paren):
+    if isinstance(v, (exp.Paren, exp.Cast)):  # ('x'), PostgreSQL's 'x'::text
         return _value(v.this)
-    raise ValueError(f"unsupported value {v.sql()[:60]}")
+    if isinstance(v, exp.Introducer):  # MySQL's _utf8mb4'x', _binary'...'
+        return _value(v.expression)
+    if isinstance(v, (exp.ByteString, exp.BitString)):  # PostgreSQL's E'a\nb' (unescaped by the parser), B'101'
+        return str(v.this)
+    return Unreadable(f"an SQL {type(v).__name__.lower()} value, which is not read as text")
 
 
 def _copy_unescape(field: str):
@@ -273,8 +280,8 @@ class _Dump:
             where = f"{self.path}:{n} ({name} row {self.nrow})"
             try:
                 vals = [_value(v) for v in tup.expressions]
-            except ValueError as e:
-                self.bad(where, str(e), tup.sql()[:200])
+            except (ValueError, TypeError, AttributeError) as e:  # a replace() or char() of something else
+                self.bad(where, f"cannot read a value: {e}", tup.sql(dialect=self.dialect)[:200])
                 continue
             if len(vals) != len(names):
                 self.bad(where, f"row has {len(vals)} values, table {name} has {len(names)} columns", tup.sql()[:200])

@@ -49,6 +49,25 @@ def test_sqlite_dump_made_now_with_the_real_cli(tmp_path):
         list(read_sql_dump(tmp_path / "d.sql", None, "utf-8", _raise))
 
 
+def test_sql_values_of_every_shape_and_columns_the_mapping_does_not_use(tmp_path):
+    """MySQL 8's _binary UUID keys and charset introducers, PostgreSQL's E'' strings, casts and
+    ARRAYs: a value that is not read as text only matters in a column the mapping uses."""
+    (tmp_path / "my.sql").write_text(
+        "-- MySQL dump 10.13\nCREATE TABLE `qa` (`id` binary(16), `Question` text, `answer` text, `tags` json);\n"
+        "INSERT INTO `qa` VALUES (_binary 'k\\0\\Z',_utf8mb4'first q','first a',JSON_ARRAY('x')),"
+        "(_binary 'j',_utf8mb4'second q',_latin1'second a',NULL);\n-- Dump completed on 2026-01-01\n")
+    recs, _ = _read_all(tmp_path, Source(path="my.sql", input="question", output="answer"), skip_bad=False)
+    assert [(r["input"], r["output"]) for r in recs] == [("first q", "first a"), ("second q", "second a")]
+    (tmp_path / "pg.sql").write_text(
+        "-- PostgreSQL database dump\nCREATE TABLE public.t (\"Prompt\" text, reply text, labels text[]);\n"
+        "INSERT INTO public.t VALUES (E'two\\nlines', 'r1'::text, ARRAY['a','b']);\n"
+        "INSERT INTO public.t VALUES ('p2', ARRAY['not', 'text'], NULL);\n"
+        "-- PostgreSQL database dump complete\n")
+    recs, dropped = _read_all(tmp_path, Source(path="pg.sql", input="Prompt", output="reply"))
+    assert [(r["input"], r["output"]) for r in recs] == [("two\nlines", "r1")]
+    assert dropped[0]["detail"] == "field output: an SQL array value, which is not read as text"
+
+
 def test_truncated_sql_dumps_name_the_line(tmp_path):
     text = (FIXTURES / "mysql.sql").read_text()
     cut = tmp_path / "cut.sql"
