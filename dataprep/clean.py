@@ -35,20 +35,26 @@ _CANT = r"(?:cannot|cant|can not|wont|will not|am unable to|m unable to|am not a
         r"must decline to|have to decline to|wont be able to|will not be able to|do not feel comfortable|dont feel comfortable)"
 _HELP = r"(?:help|assist|provide|fulfill|comply|create|generate|write|produce|give|offer|share|engage|support|" \
         r"answer|respond|do that|do this|complete|participate|continu|discuss|role ?play|go along)\w*"
+# "I can't help feeling ...", "I cannot answer the phone": idioms, not refusals
+_IDIOM = r"(?! (?:feeling|thinking|but|wondering|noticing|laughing|smiling|myself|it|the phone|the door|calls?)\b)"
 _MAKERS = r"(?:openai|open ai|anthropic|google(?: deepmind)?|deepmind|meta(?: ai)?|microsoft|mistral(?: ai)?|" \
           r"my (?:developers|creators|programmers|designers))"
 
 # name -> regular expression over normalize_for_match(text). The names show in report.md.
 BOILERPLATE_PATTERNS = {
-    "as_an_ai": rf"\bas an? {_QUAL}{_SELF}\b{_NOT_SELF}",
+    # the assistant speaking of itself opens the answer or goes on in the first person ("As an AI, I
+    # ..."); "markets its product as an AI assistant for lawyers" does neither
+    "as_an_ai": rf"\bas(?<=\A as) an? {_QUAL}{_SELF}\b{_NOT_SELF}"
+                rf"|\bas an? {_QUAL}{_SELF}\b{_NOT_SELF}(?: \w+){{0,8}}? (?:i|im|ive|id|ill|my|me)\b",
     "i_am_an_ai": rf"\b(?:i am|im|being) (?:only |just |merely |simply |but |not a human but |not human i am )?"
                   rf"an? {_QUAL}{_SELF}\b{_NOT_SELF}",
     "sorry_i_cant": rf"\b(?:(?:i am|im) (?:very |really |so |truly |terribly )?sorry|sorry|i apologi[sz]e|"
-                    rf"unfortunately)(?: but| however)? (?:as \w+ \w+ )?i {_CANT} (?:\w+ )?{_HELP}",
+                    rf"unfortunately)(?: but| however)? (?:as \w+ \w+ )?i {_CANT} (?:\w+ )?{_HELP}{_IDIOM}",
     "cannot_fulfill": rf"\bi {_CANT} (?:fulfill|comply with|assist with|help with|honou?r) "
                       rf"(?:that|this|your|such an?|the) (?:\w+ )?(?:request|task|demand|query)",
     "made_by": rf"\b(?:i was|i am|im|i have been|ive been) (?:\w+ ){{0,5}}?(?:developed|created|trained|built|made|"
-               rf"designed|programmed) by {_MAKERS}\b|\b(?:trained|developed|created) by openai\b",
+               rf"designed|programmed) by {_MAKERS}\b|\b(?:this|the) (?:ai )?(?:assistant|chatbot) (?:was|is|has been) "
+               rf"(?:\w+ ){{0,2}}?(?:trained|developed|created|built|made) by {_MAKERS}\b",
     "no_personal_opinions": r"\bi (?:do not|dont|dont really) (?:have|possess|hold|experience) (?:any )?(?:personal )"
                             r"(?:opinions|feelings|beliefs|preferences|experiences|emotions|views|thoughts)"
                             r"|\bi (?:do not|dont) have (?:feelings|emotions|consciousness|a physical (?:body|form))"

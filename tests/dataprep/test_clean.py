@@ -92,6 +92,13 @@ NEAR_MISSES = [
     "Harmful algal blooms can poison fish.",
     "He said: as an aside, the model converged.",
     "I'm an avid reader of science fiction.",
+    # news and documents that mention AI are not the assistant speaking
+    "The firm markets its product as an AI assistant for lawyers.",
+    "Microsoft launched Copilot as an AI chatbot in 2023.",
+    "GPT-4 was developed by OpenAI with Microsoft infrastructure.",
+    "The model, developed by OpenAI, was released in March.",
+    "Unfortunately I cannot answer the phone on Sundays, said the shop owner.",
+    "I'm sorry, but I can't help feeling the ending was rushed.",
 ]
 
 
