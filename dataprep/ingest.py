@@ -571,8 +571,30 @@ _CHROME_CLASSES = {"headerlink", "mw-editsection", "signature", "pagination", "c
                    "cookie-notice", "cookiebanner", "consent-banner", "cookie-consent-banner", "cc-window", "skip-link",
                    "share-buttons", "breadcrumbs", "breadcrumb"}
 _PERMALINK = {"¶", "§", "#", "🔗", "link"}
-_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!<>|~])")
-_SUPSUB = re.compile(r"</?(?:sup|sub)>")
+# trafilatura's markdown escapes what markdown would read as syntax, and nothing else: the inline
+# marks anywhere in prose (doubling a backslash that was there, so a run of 2k+1 backslashes is k of
+# the author's), a block mark at a line's start, a table cell's pipe; code spans are verbatim.
+# Only those are undone, so an author's own backslashes (a regex, LaTeX's \{) stay.
+_CODE_SPAN = re.compile(r"(`+)(?:.+?)\1", re.S)
+_INLINE_ESCAPE = re.compile(r"(\\+)([*_`~\[\]<|])")
+_BLOCK_ESCAPE = re.compile(r"^([ \t]*(?:- |\d{1,9}\. )?[ \t]*)(\d{1,9})?\\([#>+\-.)])", re.M)
+_SUP = re.compile(r"<sup>(.*?)</sup>", re.S)
+_SUB = re.compile(r"</?sub>")
+
+
+def _unescape_markdown(text: str) -> str:
+    def prose(t: str) -> str:
+        t = _INLINE_ESCAPE.sub(lambda m: "\\" * (len(m.group(1)) // 2) + m.group(2), t)
+        t = _BLOCK_ESCAPE.sub(lambda m: m.group(1) + (m.group(2) or "") + m.group(3), t)
+        # 10<sup>6</sup> is 10^6, not 106; H<sub>2</sub>O reads as H2O
+        t = _SUP.sub(lambda m: "^" + (m.group(1) if re.fullmatch(r"-?\w+", m.group(1)) else f"({m.group(1)})"), t)
+        return _SUB.sub("", t)
+
+    out, last = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out += [prose(text[last:m.start()]), m.group()]
+        last = m.end()
+    return "".join(out + [prose(text[last:])])
 
 
 def html_text(markup: str) -> list[str]:
@@ -616,7 +638,7 @@ def html_text(markup: str) -> list[str]:
     text = trafilatura.extract(tree, include_tables=True, include_comments=False, include_formatting=True,
                                include_links=False, include_images=False, deduplicate=False,
                                output_format="markdown") or ""
-    text = _SUPSUB.sub("", _ESCAPED.sub(r"\1", text))
+    text = _unescape_markdown(text)
     blocks: list[str] = []
     for piece in re.split(r"[ \t]*(dataprepcode[0-9a-f]{16})[ \t]*", text):
         if piece in code:

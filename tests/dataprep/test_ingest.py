@@ -467,6 +467,15 @@ def test_rows_as_exported_by_spreadsheets_pandas_and_databases(tmp_path):
     assert [r["text"] for r in recs] == ["t1", "t2"]
 
 
+def test_html_text_keeps_the_authors_backslashes_and_powers():
+    html = ("<html><body><article><h1>Regex notes</h1><p>Match <code>\\d+\\.\\d+</code> in 2*3*4, a_b_c, [x](y), "
+            "\\{x\\} and \\*lit; E=mc<sup>2</sup>, H<sub>2</sub>O, 10<sup>-6</sup>, x<sup>n+1</sup>.</p>"
+            "<p># not a heading, and 1. not a list</p></article></body></html>")
+    assert html_text(html)[1:] == [
+        "Match `\\d+\\.\\d+` in 2*3*4, a_b_c, [x](y), \\{x\\} and \\*lit; E=mc^2, H2O, 10^-6, x^(n+1).",
+        "# not a heading, and 1. not a list"]
+
+
 def test_an_xhtml_page_with_an_xml_declaration(tmp_path):
     (tmp_path / "x.html").write_text('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE html>\n'
                                      '<html xmlns="http://www.w3.org/1999/xhtml"><body><p>XHTML body text.</p></body></html>')
