@@ -187,8 +187,9 @@ def _job_id(text: str) -> str:
     return m.group(1)
 
 
-def _interrupted(env, args: list[str], wait_for: str, timeout: float) -> tuple[int, str]:
-    """Run `launcher ARGS` and send it a real SIGINT (Ctrl-C) once its output shows `wait_for`."""
+def _interrupted(env, args: list[str], wait_for: str, timeout: float, settle: float = 2) -> tuple[int, str]:
+    """Run `launcher ARGS` and send it a real SIGINT (Ctrl-C) `settle` seconds after its output
+    shows `wait_for`."""
     import signal
     import threading
 
@@ -206,7 +207,7 @@ def _interrupted(env, args: list[str], wait_for: str, timeout: float) -> tuple[i
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     hit.wait(timeout)
-    time.sleep(2)
+    time.sleep(settle)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=300)
     reader.join(30)
@@ -270,8 +271,10 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
 
     # Ctrl-C while SkyPilot provisions: the machine comes up all the same, and the record knows it.
+    # The local cluster comes up in a few seconds: the interrupt goes the moment SkyPilot says it
+    # is launching (an earlier line, "Running on cluster", left it time to finish once).
     code, said = _interrupted(env, ["submit", str(job4), "--cloud", "slurm", "--detach", "--no-watch"],
-                              r"launch|provision|cluster", timeout=120)
+                              r"Launching on", timeout=120, settle=0)
     assert code == 130, said[-3000:]
     m = re.search(r"(sl-stop-\w+): SkyPilot goes on launching cluster (launcher-sl-stop-\w+)", said)
     assert m and f"launcher down {m.group(1)}" in said, said[-3000:]
