@@ -33,7 +33,7 @@ from .ingest import read_source, source_files
 from .report import write_report
 from .tokenize import Packer
 
-VERSION = "dataprep-4"  # bump when the output of the same inputs changes (4: more layouts read, joiners kept)
+VERSION = "dataprep-4"  # with the code's own hash below: a cache never outlives a change to the pipeline
 STAGES = ["ingest", "clean", "dedup", "cluster", "format", "split", "tokenize"]
 
 
@@ -54,6 +54,8 @@ def load_tokenizer(spec):
 def fingerprint(cfg: DataConfig, tok, base_dir: Path, skip_bad: bool) -> str | None:
     h = hashlib.sha256()
     h.update(VERSION.encode())
+    for src in sorted(Path(__file__).parent.glob("*.py")):  # a fixed reader or cleaner redoes the work
+        h.update(src.read_bytes())
     h.update(cfg.model_dump_json().encode())
     h.update(str(skip_bad).encode())
     h.update(tok.backend_tokenizer.to_str().encode())

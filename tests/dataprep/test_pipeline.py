@@ -171,6 +171,24 @@ def test_cache_skips_work_and_invalidates(tmp_path, job, tokenizer):
     assert prepare(job([{"path": "a.jsonl"}], max_length=96), out, tmp_path, tokenizer=tok2)["cached"] is False
 
 
+def test_a_change_to_the_pipelines_code_redoes_the_work(tmp_path, job, tokenizer, monkeypatch):
+    """A fixed reader must not be met by an output cached from the broken one."""
+    import shutil
+
+    import dataprep.pipeline as pipeline
+
+    code = tmp_path / "code"
+    shutil.copytree(Path(pipeline.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(pipeline, "__file__", str(code / "pipeline.py"))
+    write_jsonl(tmp_path / "a.jsonl", qa(20))
+    spec, out = job([{"path": "a.jsonl"}], max_length=64), tmp_path / "out"
+    assert prepare(spec, out, tmp_path, tokenizer=tokenizer)["cached"] is False
+    assert prepare(spec, out, tmp_path, tokenizer=tokenizer)["cached"] is True
+    with open(code / "ingest.py", "a") as f:
+        f.write("\n# a fix\n")
+    assert prepare(spec, out, tmp_path, tokenizer=tokenizer)["cached"] is False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("embedding", ["tfidf", "minilm"])
 def test_clustering_report_cap_and_pictures(tmp_path, job, tokenizer, embedding):
