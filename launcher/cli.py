@@ -43,6 +43,22 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+class _CloudsOption(click.Option):
+    """An option whose help lists clouds from the provider registry, filled in only when help is
+    shown: reading the registry imports the spec (pydantic), too slow for every start."""
+
+    def get_help_record(self, ctx):
+        if "{providers}" in (self.help or ""):
+            from launcher import backends
+
+            self.help = self.help.format(providers=", ".join(backends.names()[1:]))  # every cloud but local
+        elif "{priced}" in (self.help or ""):
+            from launcher.estimate import catalog_clouds
+
+            self.help = self.help.format(priced=", ".join(catalog_clouds()))
+        return super().get_help_record(ctx)
+
+
 def _overrides(fn):
     """The flags that override the job file, shared by every command that reads one."""
     opts = [
@@ -54,9 +70,9 @@ def _overrides(fn):
         click.option("--spot/--no-spot", default=None, help="Spot/preemptible machines, relaunched and resumed (resources.spot)."),
         click.option("--tpu", metavar="TYPE", help="A TPU VM, e.g. v3-8 (sets cloud gcp and resources.accelerators tpu-TYPE)."),
         click.option("--gpus", metavar="GPU:N", help="GPUs, e.g. A100:1 or H100:8 (resources.accelerators)."),
-        click.option("--cloud", metavar="CLOUD",
+        click.option("--cloud", metavar="CLOUD", cls=_CloudsOption,
                      help="Where it runs (resources.cloud; default from the file, else local): local or a provider "
-                          "such as lambda, runpod, aws, gcp, slurm; `launcher clouds` lists them all."),
+                          "({providers}); `launcher clouds` says what each is."),
     ]
     for opt in opts:
         fn = opt(fn)
@@ -70,6 +86,9 @@ def load_job(job_file: str, *, sets=(), cloud=None, gpus=None, tpu=None, spot=No
     from launcher.spec import SpecError, load_spec, parse_set
 
     overrides = parse_set(sets)
+    flags = {}  # field -> the option that set it, for errors that name it
+    if tpu is not None and gpus is not None:
+        raise SpecError(f"--tpu {tpu} and --gpus {gpus} conflict: a job runs on a TPU or on GPUs; give one of them")
     if cloud is not None:
         try:
             backends.get_backend(cloud)
@@ -82,13 +101,16 @@ def load_job(job_file: str, *, sets=(), cloud=None, gpus=None, tpu=None, spot=No
             raise SpecError(f"--tpu {tpu}: {backends.get_backend(cloud).cannot['tpu']}; drop --cloud {cloud}")
         tpu = tpu.lower().removeprefix("tpu-")
         overrides += [("resources.cloud", cloud or tpu_clouds[0]), ("resources.accelerators", f"tpu-{tpu}")]
+        flags["resources.accelerators"] = f"--tpu {tpu}"
     if gpus is not None:
         overrides.append(("resources.accelerators", gpus))
+        flags["resources.accelerators"] = f"--gpus {gpus}"
     for field, value in (("spot", spot), ("region", region), ("zone", zone), ("idle_minutes", idle_minutes),
                          ("docker", docker)):
         if value is not None:
             overrides.append((f"resources.{field}", value))
-    return load_spec(job_file, overrides, clouds=backends.names())
+            flags[f"resources.{field}"] = f"--{field.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
+    return load_spec(job_file, overrides, clouds=backends.names(), flags=flags)
 
 
 def _backend(cloud: str):
@@ -109,7 +131,11 @@ def _backend(cloud: str):
 def _job_or_fail(job_id: str):
     from launcher import state
 
-    job = state.get(job_id)
+    jobs = state.matching(job_id) if job_id else []
+    if len(jobs) > 1:
+        raise UserError(f"{job_id!r} is ambiguous: it starts {len(jobs)} job ids ({', '.join(j.id for j in jobs)}); "
+                        "give more of the id")
+    job = jobs[0] if jobs else None
     if job is None:
         known = [j.id for j in state.all_jobs()]
         import difflib
@@ -252,7 +278,9 @@ def submit(job_file, dry_run, detach, no_watch, force, fresh, **flags):
     from launcher.backends import get_backend
 
     spec = load_job(job_file, **flags)
-    get_backend(spec.resources.cloud).check(spec)  # what the provider cannot do, before anything else
+    registered = get_backend(spec.resources.cloud)
+    registered.check(spec)  # what the provider cannot do, before anything else
+    registered.check_inputs(spec, Path(job_file))  # a job that would fail at once on what it reads: the same for a dry run
     if not dry_run and not force:
         _estimate_lines(spec, job_file, dry_run=False)  # needs no cloud extra: a job that cannot fit says so first
     backend = _backend(spec.resources.cloud)
@@ -366,7 +394,7 @@ Cost table columns (accelerators that fit, and the one asked for, marked *; chea
 @click.argument("job_file")
 @click.option("--gpus", metavar="GPU:N", help="Estimate for these GPUs, e.g. A100:1 (resources.accelerators).")
 @click.option("--tpu", metavar="TYPE", help="Estimate for a TPU slice, e.g. v3-8.")
-@click.option("--cloud", metavar="CLOUD", help="Price only this cloud (lambda, runpod, aws, gcp).")
+@click.option("--cloud", metavar="CLOUD", cls=_CloudsOption, help="Price only this cloud ({priced}).")
 @click.option("--mfu", type=click.FloatRange(0.01, 1.0), default=0.4, show_default=True,
               help="Assumed fraction of the accelerator's peak FLOP/s the training reaches.")
 @click.option("--offline", is_flag=True, help="Never fetch a hub model's config.json.")
@@ -375,9 +403,12 @@ Cost table columns (accelerators that fit, and the one asked for, marked *; chea
 def estimate(job_file, gpus, tpu, cloud, mfu, offline, sets):
     from launcher import estimate as est
 
-    priced = est.priced_clouds()
-    spec = load_job(job_file, sets=sets, gpus=gpus, tpu=tpu, cloud=cloud if cloud in priced else None)
-    clouds = [cloud] if cloud in priced else None
+    spec = load_job(job_file, sets=sets, gpus=gpus, tpu=tpu, cloud=cloud)  # an unknown cloud: submit's own line
+    priced = est.catalog_clouds()
+    if cloud is not None and cloud not in priced:
+        raise UserError(f"--cloud {cloud}: no prices for it (it has no price catalog); price one of {', '.join(priced)}, "
+                        "or leave --cloud out for all of them")
+    clouds = [cloud] if cloud else None
     click.echo("\n".join(est.estimate(spec, Path(job_file), online=not offline, mfu=mfu, clouds=clouds).lines))
 
 

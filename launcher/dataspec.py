@@ -67,6 +67,13 @@ class CleanConfig(Section):
                                           "apostrophes dropped, other punctuation as spaces (I'm sorry, -> im sorry).")
     boilerplate_default: bool = Field(True, description="Use the maintained default pattern families (dataprep/clean.py).")
 
+    @model_validator(mode="after")
+    def _bounds(self) -> "CleanConfig":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is more than max_chars ({self.max_chars}): "
+                             "every example would be dropped")
+        return self
+
     @field_validator("boilerplate_patterns")
     @classmethod
     def _patterns(cls, v):
@@ -99,7 +106,9 @@ class DataConfig(Section):
     sources: list[Source] = Field(default_factory=list, description="Raw data to prepare, in order.")
     format: Literal["text", "input_output"] = Field(
         "input_output", description="Training format: plain `text`, or `input`/`output` pairs with the loss on the output only.")
-    split: tuple[float, float] = Field((0.99, 0.01), description="Train/validation ratio, as in the guide's 0.99,0.01.")
+    split: tuple[float, float] = Field(
+        (0.99, 0.01), description="Train/validation ratio, as in the guide's 0.99,0.01; taken relative to their sum "
+                                  "(normalised: [9, 1] is the same as [0.9, 0.1]), so they need not add up to 1.")
     seed: int = Field(42, description="Seed for the split and any sampling.")
     max_length: int = Field(2048, gt=0, description="Most tokens per training sequence (rows are not padded).")
     packing: bool = Field(True, description="Pack several examples into each sequence (no padding waste).")

@@ -474,6 +474,12 @@ def priced_clouds() -> dict[str, object]:
     return {b.name: b for b in all_backends() if b.rents_machines and getattr(b, "infra", None)}
 
 
+def catalog_clouds() -> list[str]:
+    """What `launcher estimate --cloud` can price: the providers SkyPilot prices from a catalog (a
+    Slurm cluster's "catalog" is the live cluster, which has no prices)."""
+    return [n for n, b in priced_clouds().items() if getattr(b, "optimize_offline", True)]
+
+
 # A handful of real rows per cloud, shipped in the package: an estimate works with no SkyPilot
 # catalog downloaded (no cloud account yet, offline); its prices are dated and say so.
 _EXCERPTS = Path(__file__).resolve().parent / "catalogs"
@@ -522,6 +528,8 @@ def offers(clouds=None) -> list[Offer]:
                     continue  # GCP here is for TPUs only: its GPU rows are not for us
                 n = int(float(row.get("AcceleratorCount") or 1))
                 price, spot = _num(row.get("Price")), _num(row.get("SpotPrice"))
+                if "spot" in backend.cannot:
+                    spot = None  # Vast's catalog says 0.00 for a spot market the backend refuses
                 key = (cloud, acc, n)
                 o = best.setdefault(key, Offer(cloud, acc, n, row.get("InstanceType") or acc, None, None))
                 if price is not None and (o.price is None or price < o.price):

@@ -156,10 +156,23 @@ class ExportConfig(Section):
 
 class OutputsConfig(Section):
     dir: str = Field("runs/{name}", description="Local folder for data, logs and checkpoints ({name} = job name).")
-    bucket: str | None = Field(None, description="s3://... or gs://... where cloud jobs upload checkpoints.")
+    bucket: str | None = Field(
+        None, description="s3://BUCKET/PREFIX or gs://BUCKET/PREFIX where cloud jobs upload checkpoints "
+                          "(an absolute local folder, /path or file:///path, for --cloud local).")
     export: ExportConfig | None = Field(
         None, description="At the end of the job: merge the adapter and write OUT/export (HF model, GGUF), "
                           "e.g. {gguf: q4_k_m}; see `launcher export`.")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        # What launcher.storage.split_url opens as a bucket. A bare name there is a relative folder
+        # on the machine, which a preempted or torn-down machine takes with it: refused here, not
+        # found out after the first preemption.
+        if v is None or re.fullmatch(r"(s3|gs)://[^/\s]+(/.*)?|file:///.*|/.*|~/.*", v):
+            return v
+        raise ValueError(f"expected s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (an absolute local folder, /path "
+                         f"or file:///path, for --cloud local) (got {v!r})")
 
     @field_validator("dir")
     @classmethod
@@ -194,6 +207,15 @@ class JobSpec(Section):
     secrets: list[str] = Field(
         default_factory=lambda: ["WANDB_API_KEY", "HF_TOKEN"],
         description="Names of environment variables passed as secrets: read from your shell, never written to a file.")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v):
+        # YAML reads `OMP_NUM_THREADS: 4` as a number; an environment variable is its text.
+        if not isinstance(v, dict):
+            return v
+        return {k: str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x
+                for k, x in v.items()}
 
     @field_validator("name")
     @classmethod
@@ -251,18 +273,39 @@ def write_resolved(spec: JobSpec, folder: str | Path, *, keep: bool = False) -> 
 # -- loading ------------------------------------------------------------------------------------
 
 def parse_set(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
-    """Parse `--set a.b=value` items; values are YAML (2e-5, true, [a, b])."""
+    """Parse `--set a.b=value` items; values are YAML (2e-5, true, [a, b]), except that a text
+    field takes the text as typed when YAML would read it as something else (`User: {input}` is a
+    mapping to YAML, `123` a number)."""
     out = []
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise SpecError(f"--set {item}: expected FIELD=VALUE, e.g. --set train.learning_rate=2e-5")
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        out.append((key.strip(), value))
+        if value is not None and not isinstance(value, str) and _is_text_field(key):
+            value = raw
+        out.append((key, value))
     return out
+
+
+def _is_text_field(dotted: str) -> bool:
+    """Whether the field at `dotted` takes text only (str or str | None; env.NAME too)."""
+    ann: Any = JobSpec
+    for part in dotted.split("."):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            f = ann.model_fields.get(part)
+            if f is None:
+                return False
+            ann = f.annotation
+        elif getattr(ann, "__origin__", None) is dict:
+            ann = ann.__args__[1]
+        else:
+            return False
+    return ann is str or set(getattr(ann, "__args__", ())) == {str, type(None)}
 
 
 def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
@@ -281,9 +324,11 @@ def apply_overrides(data: dict, overrides: list[tuple[str, Any]]) -> dict:
 
 
 def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *, data: dict | None = None,
-              clouds: tuple[str, ...] | None = None) -> JobSpec:
+              clouds: tuple[str, ...] | None = None, flags: dict[str, str] | None = None) -> JobSpec:
     """Read, override and validate a job file. Raises SpecError with one line per problem.
-    `clouds`: the allowed values of resources.cloud (the provider registry's names)."""
+    `clouds`: the allowed values of resources.cloud (the provider registry's names). An error in
+    an overridden field names the override, not a line of the file: `--set FIELD`, or what `flags`
+    says set it (field -> the option as typed, e.g. `--gpus A100:0`)."""
     label = str(path) if path else "<job>"
     root = None
     if data is None:
@@ -315,18 +360,34 @@ def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *,
     if not isinstance(data, dict):
         raise SpecError(f"{label}: expected a mapping of fields (name:, model:, train: ...), got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
+    origins = {dotted: f"--set {dotted}" for dotted, _ in overrides}
+    origins.update({dotted: f"{flag}: {dotted}" for dotted, flag in (flags or {}).items()})
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError("\n".join(_describe(e, label, root))) from None
+        raise SpecError("\n".join(_describe(e, label, root, origins))) from None
     if clouds is not None and spec.resources.cloud not in clouds:
-        line = _line_of(root, ["resources", "cloud"])
-        raise SpecError(f"{label}{':' + str(line) if line else ''}: resources.cloud: must be one of {', '.join(clouds)} "
+        where = _where(label, root, ["resources", "cloud"], origins)
+        raise SpecError(f"{where}: must be one of {', '.join(clouds)} "
                         f"(got {spec.resources.cloud!r})" + _close(spec.resources.cloud, repr(list(clouds))))
     return spec
 
 
-def _describe(err: ValidationError, label: str, root) -> list[str]:
+def _where(label: str, root, loc: list[str], origins: dict[str, str]) -> str:
+    """`job.yaml:12: a.b` for a field from the file; `--set a.b` for one the command line set (the
+    file's line would point at a value that is not the one in use)."""
+    field = ".".join(loc) or "(top level)"
+    for dotted, origin in origins.items():
+        if field == dotted or field.startswith(dotted + "."):
+            return origin if field == dotted else f"{origin}: {field}"
+    inside = [origin for dotted, origin in origins.items() if dotted.startswith(field + ".")]
+    if inside:  # a check of a whole section, which the command line changed
+        return f"{', '.join(inside)}: {field}"
+    line = _line_of(root, loc)
+    return f"{label}{':' + str(line) if line else ''}: {field}"
+
+
+def _describe(err: ValidationError, label: str, root, origins: dict[str, str] | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
@@ -350,8 +411,7 @@ def _describe(err: ValidationError, label: str, root) -> list[str]:
             msg = msg[0].lower() + msg[1:]
             if "input" in e and not isinstance(e["input"], (dict, list)):
                 msg += f" (got {e['input']!r})"
-        line = _line_of(root, loc)
-        lines.append(f"{label}{':' + str(line) if line else ''}: {field}: {msg}")
+        lines.append(f"{_where(label, root, field.split('.') if field != '(top level)' else [], origins or {})}: {msg}")
     return lines
 
 

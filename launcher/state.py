@@ -177,14 +177,22 @@ def delete(job_id: str) -> None:
         con.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
 
-def get(job_id: str) -> Job | None:
-    """A job by id, or by a unique prefix of its id."""
+def matching(job_id: str) -> list[Job]:
+    """The job with this id, else every job whose id starts with it."""
     with _db() as con:
         row = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id LIKE ?", (job_id + "%",)).fetchall()
-            row = rows[0] if len(rows) == 1 else None
-    return _job(row) if row else None
+        if row is not None:
+            return [_job(row)]
+        # A plain prefix compare, not LIKE: `%` and `_` in what the user typed are not wildcards.
+        rows = con.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE substr(id, 1, ?) = ? ORDER BY created",
+                           (len(job_id), job_id)).fetchall()
+    return [_job(r) for r in rows]
+
+
+def get(job_id: str) -> Job | None:
+    """A job by id, or by a unique prefix of its id."""
+    jobs = matching(job_id) if job_id else []
+    return jobs[0] if len(jobs) == 1 else None
 
 
 def all_jobs() -> list[Job]:

@@ -6,6 +6,8 @@ so the CLI refuses an impossible request up front, with one line, before anythin
 """
 from __future__ import annotations
 
+import glob
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -26,6 +28,7 @@ CAPABILITIES = {
     "docker": "running the job inside our Docker image",
     "bucket": "mounting or uploading to a bucket (outputs.bucket)",
     "region": "choosing a region or zone",
+    "idle": "tearing a machine down when idle (resources.idle_minutes)",
 }
 
 
@@ -40,6 +43,8 @@ def wanted(spec: "JobSpec") -> dict[str, bool]:
         "docker": r.docker,
         "bucket": bool(spec.outputs.bucket),
         "region": bool(r.region or r.zone),
+        # Changed from the default, not merely present: `launcher init` writes every field's default.
+        "idle": r.idle_minutes != type(r).model_fields["idle_minutes"].default,
     }
 
 
@@ -57,6 +62,21 @@ class Backend:
         for cap, asked in wanted(spec).items():
             if asked and cap in self.cannot:
                 raise BackendError(self.cannot[cap])
+
+    def check_inputs(self, spec: "JobSpec", job_file: Path) -> None:
+        """Raise BackendError (one line naming the field) for a job that would fail at once on what
+        it reads: no data source, or a local path (data, a model or tokenizer folder) that is not
+        there. `submit` and `submit --dry-run` both run it, for every backend, so a dry run that
+        passes is a job that starts. Hub ids, `package:` models and `url:` sources are not looked up."""
+        if not spec.data.sources:
+            raise BackendError("data.sources: no source given, so there is nothing to train on; add one, "
+                               "e.g. `sources: [{path: data/train.jsonl, input: prompt, output: answer}]`")
+        base = job_file.resolve().parent
+        for field, value, path in spec.local_inputs(base):
+            if not path.exists():
+                raise BackendError(f"{field}: {value}: no such file or folder ({path})")
+            if re.search(r"[*?\[]", value) and not _glob_files(base, value):
+                raise BackendError(f"{field}: {value} matches no file (in {path})")
 
     def dry_run(self, spec: "JobSpec", job_file: Path, *, fresh: bool = False) -> str:
         """What submit would run, secrets masked, and whether it validates; launches nothing. `fresh`:
@@ -87,6 +107,13 @@ class Backend:
         """Stop the job cleanly (the trainer saves first) and release what it holds. `force`: where
         a machine holds checkpoints, tear it down even if the last sync fails (else it is kept)."""
         raise NotImplementedError
+
+
+def _glob_files(base: Path, pattern: str) -> list[Path]:
+    """The files a data.sources glob names, as data prep reads it (relative to the job's folder)."""
+    full = Path(pattern).expanduser()
+    return [Path(p) for p in glob.glob(str(full if full.is_absolute() else base / full), recursive=True)
+            if Path(p).is_file()]
 
 
 def get_backend(cloud: str) -> Backend:

@@ -48,11 +48,15 @@ class GCPBackend(SkyBackend):
         super().check(spec)
         if not spec.resources.is_tpu:
             raise BackendError("cloud gcp is for TPU VMs here: give a TPU type, e.g. --tpu v3-8 --zone europe-west4-a")
-        from trainers.tpu.flags import FlagError, tpu_shape
+        from trainers.tpu import flags as tpu_flags
 
         try:
-            hosts = tpu_shape(spec.resources.accelerators)[1]
-        except FlagError as e:
+            hosts = tpu_flags.tpu_shape(spec.resources.accelerators)[1]
+        except tpu_flags.FlagError as e:
+            raise BackendError(str(e)) from None
+        try:
+            tpu_flags.check_train_fields(spec)  # needs no model config: refused even when its config is unknown
+        except tpu_flags.FlagError as e:
             raise BackendError(str(e)) from None
         bucket = spec.outputs.bucket or ""
         if hosts > 1 and not bucket.startswith("gs://"):
@@ -199,9 +203,12 @@ def tpu_report(spec, job_file: Path, *, hf_token: bool) -> TpuReport:
         tokens, when = 10 ** 9, " (total_steps, lr_decay_steps and eval_steps shown for 1e9 training tokens: " \
                                 "the trainer sets them from the token count after data prep)"
     dtype = cfg.get("torch_dtype") if cfg.get("torch_dtype") in ("float16", "bfloat16") else "float32"
-    cmd = tpu_flags.command(spec, tpu_type, work, python="python3", model_config=cfg,
-                            params_path=f"{work}/params/base-MODELKEY-{dtype}.streaming", train_tokens=tokens,
-                            val_tokens=10 ** 6 if spec.train.do_eval else 0)
+    try:  # what only the model's config decides (data.max_length against its positions)
+        cmd = tpu_flags.command(spec, tpu_type, work, python="python3", model_config=cfg,
+                                params_path=f"{work}/params/base-MODELKEY-{dtype}.streaming", train_tokens=tokens,
+                                val_tokens=10 ** 6 if spec.train.do_eval else 0)
+    except (tpu_flags.FlagError, tpu_flags.ModelConfigError) as e:
+        raise BackendError(str(e)) from None
     report.lines.append("EasyLM command" + when + ":")
     report.lines.append("  " + " ".join(shlex.quote(c) for c in cmd))
     report.lines += notes

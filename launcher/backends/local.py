@@ -190,6 +190,7 @@ class LocalBackend(Backend):
         "spot": "cloud local cannot do spot machines: this machine is yours; drop --spot, or use --cloud aws --spot",
         "multi_node": "cloud local is one machine: resources.num_nodes must be 1 (several nodes: --cloud aws or slurm)",
         "region": "cloud local cannot choose a region or zone: drop --region/--zone",
+        "idle": "cloud local tears no machine down (this machine is yours): drop --idle-minutes (resources.idle_minutes)",
     }
 
     def _docker(self):

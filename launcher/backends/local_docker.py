@@ -82,6 +82,7 @@ class LocalDockerBackend(Backend):
         "spot": "cloud local --docker cannot do spot machines: drop --spot",
         "multi_node": "cloud local --docker is one machine: resources.num_nodes must be 1",
         "region": "cloud local --docker cannot choose a region or zone: drop --region/--zone",
+        "idle": "cloud local --docker tears no machine down: drop --idle-minutes (resources.idle_minutes)",
         "bucket": "cloud local --docker writes checkpoints to the run folder on this machine and uploads to no bucket: "
                   "drop outputs.bucket",
     }

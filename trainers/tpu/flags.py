@@ -127,6 +127,9 @@ TRAIN_FIELDS = {
 ADAMW = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused", "adamw_torch_xla")
 
 
+SCHEDULES = ("cosine", "cosine_with_min_lr", "constant_with_warmup", "constant")  # what `render` maps
+
+
 def check_train_fields(spec) -> list[str]:
     """Raise FlagError naming the first `train:` value a TPU run cannot honour; returns notes."""
     t = spec.train
@@ -158,6 +161,10 @@ def check_train_fields(spec) -> list[str]:
         refuse("attn_implementation", "EasyLM has its own attention; use auto")
     if t.report_to == "tensorboard":
         refuse("report_to", "EasyLM logs to W&B only; use wandb or none")
+    if t.lr_scheduler_type not in SCHEDULES:
+        refuse("lr_scheduler_type", "EasyLM has warmup + cosine only; use cosine, constant or constant_with_warmup")
+    if t.precision == "fp16":
+        refuse("precision", "use bf16 or auto")
     notes = []
     if t.sample_prompts:
         notes.append("train.sample_prompts: no samples on TPU")
@@ -227,13 +234,8 @@ def render(spec, tpu_type: str, data_dir: str, out_dir: str, *, model_config: di
         end_lr, warmup = 0.0, t.warmup_steps
     elif t.lr_scheduler_type == "constant_with_warmup":
         end_lr, warmup = t.learning_rate, t.warmup_steps
-    elif t.lr_scheduler_type == "constant":
+    else:  # constant (check_train_fields refused the rest)
         end_lr, warmup = t.learning_rate, 0
-    else:
-        raise FlagError(f"train.lr_scheduler_type: {t.lr_scheduler_type} is not available on TPU "
-                        "(EasyLM has warmup + cosine only); use cosine, constant or constant_with_warmup")
-    if t.precision == "fp16":
-        raise FlagError("train.precision: fp16 is not available on TPU; use bf16 (or auto)")
     dtype = "fp32" if t.precision == "fp32" or (t.precision == "auto" and is_cpu) else "bf16"
 
     # Mirrors trainers.tpu.data.fields (kept here so the renderer stays standard-library only).
