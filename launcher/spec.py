@@ -355,6 +355,9 @@ def load_spec(path: str | Path | None, overrides: list[tuple[str, Any]] = (), *,
             where = f":{mark.line + 1}" if mark else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise SpecError(f"{label}{where}: invalid YAML: {problem}") from None
+        dup = _duplicate_key(root)
+        if dup:
+            raise SpecError(f"{label}:{dup[1]}: {dup[0]}: given twice (YAML would keep the last one silently); keep one")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -432,6 +435,26 @@ def _did_you_mean(loc: list[str]) -> str:
             return ""
     match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
     return f"; did you mean {match[0]!r}?" if match else f" (known: {', '.join(model.model_fields)})"
+
+
+def _duplicate_key(node, path: str = "") -> tuple[str, int] | None:
+    """(dotted key, 1-based line) of the first key a mapping holds twice."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            key = f"{path}.{k.value}" if path else str(k.value)
+            if k.value in seen:
+                return key, k.start_mark.line + 1
+            seen.add(k.value)
+            found = _duplicate_key(v, key)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found = _duplicate_key(v, f"{path}.{i}")
+            if found:
+                return found
+    return None
 
 
 def _line_of(root, loc: list[str]) -> int | None:

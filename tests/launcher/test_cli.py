@@ -62,6 +62,7 @@ def test_dry_run_shows_overrides_and_masks_secrets(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, expected", [
     (["submit", "missing.yaml"], "no such file"),
     (["submit", "{bad}", "--dry-run"], "invalid YAML"),
+    (["submit", "{dup}", "--dry-run"], "job.yaml:4: train.max_steps: given twice"),
     (["submit", "{unknown}", "--dry-run"], "did you mean 'learning_rate'"),
     (["submit", "{wrongtype}", "--dry-run"], "train.max_steps"),
     (["submit", "{quick}", "--dry-run", "--set", "train.learning_rate=-0.1"], "train.learning_rate: must be > 0"),
@@ -97,6 +98,7 @@ def test_dry_run_shows_overrides_and_masks_secrets(tmp_path, monkeypatch):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
     files = {
         "{bad}": "train: [unclosed\n",
+        "{dup}": "name: x\ntrain:\n  max_steps: 10\n  max_steps: 20\n",
         "{unknown}": "train:\n  learning_rat: 1\n",
         "{wrongtype}": "train:\n  max_steps: many\n",
     }
