@@ -431,31 +431,39 @@ class Tokens:
 
 
 def training_tokens(spec, base: Path, u: Setup) -> Tokens:
-    """Tokens the run trains on: from the prepared data's report.json when it exists, else from
-    the raw sources' size (about 4 bytes of text per token for English BPE vocabularies)."""
-    t = spec.train
+    """Tokens the run trains on: from the prepared data's report.json when it is that of the job's
+    data as it is now (same max_length and packing, no source changed since), else from the raw
+    sources' size (about 4 bytes of text per token for English BPE vocabularies)."""
+    files = []
+    for src in spec.data.sources:
+        if not src.path:
+            continue
+        p = Path(src.path).expanduser()
+        p = p if p.is_absolute() else base / p
+        files += [p] if p.is_file() else (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir()
+                                          else sorted(base.glob(src.path)))
     report = spec.output_dir(base) / "data" / "report.json"
-    per_epoch, source = None, ""
+    per_epoch, source, stale = None, "", ""
     if report.is_file():
         try:
             r = json.loads(report.read_text())
-            tr = r["splits"]["train"]
-            per_epoch = int(tr["sequences"]) * u.seq if spec.data.packing else int(tr["tokens"])
-            source = f"prepared data ({report})"
-        except (KeyError, ValueError, TypeError):
+            tr, made = r["splits"]["train"], r["tokens"]
+            if (made["max_length"], made["packing"]) != (spec.data.max_length, spec.data.packing):
+                stale = f"prepared with max_length {made['max_length']}, packing {made['packing']}"
+            elif any(f.stat().st_mtime > report.stat().st_mtime for f in files):
+                stale = "a source changed since"
+            else:
+                per_epoch = int(tr["sequences"]) * made["max_length"] if made["packing"] else int(tr["tokens"])
+                source = f"prepared data ({report})"
+        except (KeyError, ValueError, TypeError, OSError):
             per_epoch = None
     if per_epoch is None:
-        size = 0
-        for src in spec.data.sources:
-            if not src.path:
-                continue
-            p = Path(src.path).expanduser()
-            p = p if p.is_absolute() else base / p
-            files = [p] if p.is_file() else (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir()
-                                             else sorted(base.glob(src.path)))
-            size += sum(f.stat().st_size for f in files)
+        size = sum(f.stat().st_size for f in files)
         per_epoch = int(size / 4 * spec.data.split[0] / sum(spec.data.split))
         source = "raw sources' size / 4 bytes per token" if size else "no local data: tokens unknown"
+        if stale:
+            source += f" (the prepared data is out of date: {stale}; `launcher prep` it again)"
+    t = spec.train
     per_step = u.batch * u.accum * u.world * u.seq
     if t.max_steps > 0:
         run = t.max_steps * per_step

@@ -126,9 +126,28 @@ def test_tokens_from_prepared_data_report(tmp_path):
 
     spec = load_spec(job)
     (tmp_path / "out/data").mkdir(parents=True)
-    (tmp_path / "out/data/report.json").write_text(json.dumps({"splits": {"train": {"sequences": 10, "tokens": 4000}}}))
+    report = tmp_path / "out/data/report.json"
+
+    def prepared(max_length, packing=True):
+        report.write_text(json.dumps({"splits": {"train": {"sequences": 10, "tokens": 4000}},
+                                      "tokens": {"max_length": max_length, "packing": packing}}))
+
+    prepared(512)
     t = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
     assert (t.per_epoch, t.run) == (10 * 512, 2 * 10 * 512) and "prepared data" in t.source
+    # prepared at another max_length: its sequences are not this job's
+    prepared(256)
+    t = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    assert t.per_epoch != 10 * 512 and "out of date: prepared with max_length 256" in t.source
+    # a source changed after the data was prepared
+    prepared(512)
+    src = tmp_path / "pairs.jsonl"
+    src.write_text('{"prompt": "p", "generation": "g"}\n' * 100)
+    import os
+    os.utime(src, (report.stat().st_mtime + 5,) * 2)
+    spec = load_spec(job, [("data.sources", [{"path": "pairs.jsonl"}])])
+    t = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    assert t.per_epoch == int(src.stat().st_size / 4 * 0.99) and "a source changed since" in t.source
 
 
 def test_cli_estimate_quickstart_fits_and_prices(tmp_path):
