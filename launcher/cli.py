@@ -299,7 +299,9 @@ def submit(job_file, dry_run, detach, no_watch, force, fresh, **flags):
 
         moved = runlock.set_aside(out_dir, "submit --fresh")  # FolderBusy while a job still writes there
         if moved is not None:
-            click.echo(f"--fresh: moved the earlier run folder to {moved}; this job starts from step 0", err=True)
+            earlier = state.folder_moved(out_dir, moved)
+            click.echo(f"--fresh: moved the earlier run folder to {moved}" + (f" ({', '.join(earlier)} now point there)"
+                       if earlier else "") + "; this job starts from step 0", err=True)
     job = state.Job(id=state.new_id(spec.name), name=spec.name, cloud=spec.resources.cloud,
                     spec_yaml=spec.to_yaml(), output_dir=str(out_dir),
                     accelerators=spec.resources.accelerators, extra={"job_file": str(Path(job_file).resolve())})

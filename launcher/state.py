@@ -146,6 +146,25 @@ def update(job_id: str, **changes) -> Job:
     return job
 
 
+def folder_moved(old: str | Path, new: str | Path) -> list[str]:
+    """Point the records of the jobs that wrote to `old` at `new`, where `submit --fresh` set the
+    folder aside: their `logs` and `sync` follow it, not the new run that starts in `old`. Returns
+    their ids."""
+    old, new = Path(old).expanduser().resolve(), Path(new)
+    moved = []
+    with _db() as con:
+        con.execute("BEGIN IMMEDIATE")
+        for job_id, out, log in con.execute("SELECT id, output_dir, log_path FROM jobs").fetchall():
+            if not out or Path(out).expanduser().resolve() != old:
+                continue
+            if log and Path(log).expanduser().resolve().is_relative_to(old):
+                log = str(new / Path(log).expanduser().resolve().relative_to(old))
+            con.execute("UPDATE jobs SET output_dir=?, log_path=? WHERE id=?", (str(new), log, job_id))
+            moved.append(job_id)
+        con.execute("COMMIT")
+    return moved
+
+
 def transition(job_id: str, new: str, **changes) -> Job:
     """Move a job to state `new`, with `changes`, if that step is allowed from the state it is in
     now (read and written in one transaction). A step that is not allowed changes nothing: the job

@@ -359,6 +359,25 @@ def test_down_during_data_prep_is_stopped(held_prep):
     assert "STOPPED" in cli("status", job_id).stdout
 
 
+def test_fresh_takes_the_earlier_jobs_records_with_their_folder(held_prep):
+    first = submitted_id(cli("submit", held_prep, "--detach"))
+    wait_for(lambda: _in_prep(first))
+    assert cli("down", first).returncode == 0
+    folder = Path(state.get(first).output_dir)
+    r = cli("submit", held_prep, "--detach", "--fresh")
+    second = submitted_id(r)
+    try:
+        moved = Path(state.get(first).output_dir)
+        assert moved != folder and moved.name.startswith(folder.name + ".") and (moved / "logs" / "job.log").is_file()
+        assert f"{first} now point there" in r.stderr, r.stderr
+        assert Path(state.get(second).output_dir) == folder
+        wait_for(lambda: _in_prep(second))
+        log = cli("logs", first).stdout  # the earlier job's own log, not the new run's
+        assert f"job {first} stopped" in log and second not in log, log
+    finally:
+        cli("down", second)
+
+
 def test_a_stage_killed_by_a_signal_is_failed_with_that_reason(held_prep):
     job_id = submitted_id(cli("submit", held_prep, "--detach"))
     wait_for(lambda: _in_prep(job_id))
