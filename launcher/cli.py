@@ -475,7 +475,9 @@ def status(job_id, show_all):
         elif j.extra.get("orphaned") and not j.done:
             notes.append(f"{j.id}: its supervisor was killed but its processes (data prep or trainer) still run; "
                          f"`launcher down {j.id}` stops it")
-        cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else ("?" if j.cloud in rented else "$0")
+        # a cloud job with no cluster named ended before anything was provisioned: it rented nothing
+        unpriced = "?" if j.cloud in rented and (j.cluster or not j.done) else "$0"
+        cost = f"${j.price_per_hour * j.runtime() / 3600:.2f}" if j.price_per_hour else unpriced
         table.add_row(j.id, j.cloud + (f" ({j.cluster})" if j.cluster else ""), j.accelerators or "-", j.state,
                       _duration(j.runtime()), cost, "" if j.exit_code is None else str(j.exit_code), j.output_dir)
     if not jobs:

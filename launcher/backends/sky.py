@@ -524,6 +524,9 @@ class SkyBackend(Backend):
         if job.extra.get("sky_job_id") is None and not job.done:
             job = self.status(job, finalize=False)  # a submit interrupted while launching: find its job
         sky_job = job.extra.get("sky_job_id")
+        if sky_job is None and job.done:  # refused or failed before SkyPilot ran anything: there is no log
+            why = job.reason or "it ended before SkyPilot started it"
+            raise BackendError(f"{job.id} never ran on a machine, so it has no log ({job.state.lower()}: {why})")
         if sky_job is None:
             raise BackendError(f"{job.id} has no SkyPilot job yet (state {job.state}); try again in a minute")
         try:

@@ -180,6 +180,18 @@ def test_image_never_built(quickstart_job, launcher_home):
     assert state.get("q-1").cluster is None  # nothing launched
 
 
+def test_a_job_refused_before_launch_has_no_log_and_cost_nothing(quickstart_job, launcher_home):
+    from launcher import state
+
+    r = cli("submit", quickstart_job, "--cloud", "lambda", "--gpus", "A100:1", "--detach")
+    assert r.returncode == 2 and "never built" in r.stderr.strip().splitlines()[-1], r.stderr
+    (job,) = state.all_jobs()
+    assert job.state == "FAILED" and job.cluster is None
+    one_line(cli("logs", job.id), f"{job.id} never ran on a machine, so it has no log (failed: ")
+    row = next(ln for ln in cli("status").stdout.splitlines() if ln.startswith(job.id))
+    assert "$0" in row.split() and "?" not in row.split(), row
+
+
 def test_dry_run_cli_masks_secrets_and_writes_none(quickstart_job, launcher_home, tmp_path):
     """`launcher submit --dry-run` end to end: rendered task, masked secret, no file with the value."""
     env = {**os.environ, "WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET + "-hf"}
