@@ -126,3 +126,18 @@ def test_dump_is_plain_yaml():
     data = yaml.safe_load(JobSpec().to_yaml())
     assert data["train"]["optim"] == "adamw_torch_fused"
     assert data["resources"]["idle_minutes"] == 30
+
+
+def test_every_optimizer_the_spec_accepts_is_one_the_trainer_knows():
+    """The spec refuses an optimizer typo before a machine is paid for; every name it lets through
+    must then be one the installed Trainer takes."""
+    import typing
+
+    from transformers.training_args import OptimizerNames
+
+    from launcher.spec import OPTIMIZERS
+
+    accepted = set(typing.get_args(OPTIMIZERS))
+    assert accepted and accepted <= {o.value for o in OptimizerNames}
+    with pytest.raises(SpecError, match=r"train\.optim: must be one of 41 names.*did you mean 'adamw_torch'"):
+        load_spec(REPO / "examples" / "quickstart" / "job.yaml", [("train.optim", "adamw_torhc")])
