@@ -80,7 +80,7 @@ def candidates() -> dict:
     from markdownify import markdownify
     from readability import Document
 
-    from dataprep.ingest import html_text
+    from dataprep.html import html_text
 
     out = {}
     before = _before()

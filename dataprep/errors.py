@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launcher.errors import DataError
 
-__all__ = ["DataError", "Rejects"]
+__all__ = ["DataError", "Rejects", "Unreadable"]
 
 
 class Rejects:
@@ -69,3 +69,14 @@ def _preview(row, limit: int = 500):
         return row if len(row) <= limit else row[:limit] + "..."
     text = json.dumps(row, ensure_ascii=False, default=str)
     return row if len(text) <= limit else text[:limit] + "..."
+
+
+class Unreadable:
+    """A value a reader could not turn into text (an SQL expression it does not evaluate): the row
+    is refused only if its mapping uses that column."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"<{self.problem}>"

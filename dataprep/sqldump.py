@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 import sqlglot
 from sqlglot import exp
 
-from .errors import DataError
-from .ingest import READ_ERRORS, Unreadable, open_raw
+from .errors import DataError, Unreadable
+from .files import READ_ERRORS, decoded_lines, open_raw
 
 _SPECIAL = re.compile(r"['\"`;]|--|/\*|#")
 _COPY = re.compile(r"^\s*COPY\s+(\S+)\s*\((.*?)\)\s*FROM\s+stdin", re.I | re.S)
@@ -45,12 +45,11 @@ def _bare(name: str) -> str:
 def _lines(path: Path, encoding: str, bad) -> Iterator[tuple[int, str]]:
     n = 0
     try:
-        with open_raw(path) as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    yield n, raw.decode(encoding)
-                except UnicodeDecodeError as e:
-                    bad(f"{path}:{n}", f"cannot decode byte {raw[e.start]:#04x} at column {e.start + 1} as {encoding} (set encoding:)", raw)
+        for n, text, problem in decoded_lines(path, encoding):
+            if problem:
+                bad(f"{path}:{n}", problem, text)
+                continue
+            yield n, text
     except READ_ERRORS as e:
         bad(f"{path}:{n + 1}", f"cannot read the file past line {n}: {e}")
 

@@ -10,7 +10,8 @@ import pytest
 
 from launcher.dataspec import Source
 from dataprep.errors import DataError, Rejects
-from dataprep.ingest import html_text, read_source
+from dataprep.html import html_text
+from dataprep.ingest import read_source
 from dataprep.sqldump import read_sql_dump
 
 FIXTURES = Path(__file__).parent / "fixtures"
