@@ -560,12 +560,18 @@ def down(job_id, idle, down_all, yes, force):
         return
     import importlib.util
 
+    from launcher import state
+
+    minutes = _parse_minutes(idle) if idle else None  # a bad duration is said first, whatever is installed
+    if not any(j.cluster for j in state.all_jobs()):
+        click.echo("torn down: nothing (no cloud cluster was ever recorded here)")
+        return
     if importlib.util.find_spec("sky") is None:
         raise UserError(f"down {'--idle' if idle else '--all'} acts on cloud clusters and needs the cloud extra, "
                         "which is not installed here: pip install 'llm-launcher[cloud]'")
     from launcher import teardown
     if idle:
-        gone = teardown.down_idle(_parse_minutes(idle), force=force)
+        gone = teardown.down_idle(minutes, force=force)
     else:
         gone = teardown.down_all(yes=yes)
     click.echo(f"torn down: {', '.join(gone) if gone else 'nothing'}")
@@ -573,19 +579,27 @@ def down(job_id, idle, down_all, yes, force):
 
 # -- after the run: export, try, publish (trainers/export.py, launcher/hub.py) -------------------------
 
-def _run_path(ref: str) -> Path:
-    """A run folder, a .gguf file, or a job id's output folder."""
+def _run_path(ref: str, finished: bool = False) -> Path:
+    """A run folder, a .gguf file, or a job id's output folder. finished: a job id must name a
+    job that made its final model (a failed or stopped one is said so, with what to do)."""
     p = Path(ref).expanduser()
     if p.exists():
         return p
     if p.suffix == ".gguf" or "/" in ref:
         raise UserError(f"{ref}: no such file or folder")
-    return Path(_job_or_fail(ref).output_dir)
+    job = _job_or_fail(ref)
+    out = Path(job.output_dir)
+    if finished and job.state in ("FAILED", "STOPPED", "CANCELLED") and not (out / "final").is_dir():
+        why = f": {job.reason}" if job.reason else ""
+        raise UserError(f"job {job.id} {job.state.lower()}{why}; it made no final model (`launcher logs {job.id}` says "
+                        f"what happened; submit the job again to go on from its last checkpoint)")
+    return out
 
 
 @main.command()
 @click.argument("run")
-@click.option("--merge", is_flag=True, help="Write the adapter merged into the base as an HF checkpoint (implied by --gguf).")
+@click.option("--merge", is_flag=True, help="Write the adapter merged into the base as an HF checkpoint (what export "
+                                             "always does; kept for scripts that say so).")
 @click.option("--gguf", metavar="TYPE", help="Also write GGUF for llama.cpp: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m ...")
 @click.option("--to", type=click.Path(file_okay=False), help="Where it goes (default: RUN/export).")
 @_fail_cleanly
@@ -598,11 +612,11 @@ def export(run, merge, gguf, to):
     """
     from trainers.export import export_run
 
-    export_run(_run_path(run), merge_model=merge or bool(gguf), gguf=gguf, to=to, log=click.echo)
+    export_run(_run_path(run, finished=True), merge_model=True, gguf=gguf, to=to, log=click.echo)
 
 
 def _try_options(fn):
-    for opt in (click.option("--max-new-tokens", type=int, default=128, show_default=True),
+    for opt in (click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True),
                 click.option("--compare-base", is_flag=True, help="Also answer with the base model, side by side."),
                 click.option("--gguf", is_flag=True, help="Use the run's exported GGUF through llama.cpp, not the HF model.")):
         fn = opt(fn)
@@ -624,7 +638,7 @@ def generate(run, prompt, gguf, compare_base, max_new_tokens):
     """Answer one prompt with a run's model (greedy), with the chat template it was trained with."""
     from trainers.export import generators
 
-    _answer(generators(_run_path(run), gguf=gguf, compare_base=compare_base), prompt, max_new_tokens)
+    _answer(generators(_run_path(run, finished=True), gguf=gguf, compare_base=compare_base), prompt, max_new_tokens)
 
 
 @main.command()
@@ -635,10 +649,14 @@ def chat(run, gguf, compare_base, max_new_tokens):
     """Chat with a run's model (or a .gguf file) here; an empty line or Ctrl-D ends it."""
     from trainers.export import generators
 
-    gens = generators(_run_path(run), gguf=gguf, compare_base=compare_base)
+    gens = generators(_run_path(run, finished=True), gguf=gguf, compare_base=compare_base)
     history: list[dict] = []
     while True:
-        line = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        try:
+            line = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        except click.exceptions.Abort:  # Ctrl-D, or the end of piped input: the chat is over, not failed
+            click.echo()
+            return
         if not line.strip():
             return
         history.append({"role": "user", "content": line})

@@ -216,3 +216,28 @@ def test_down_stops_the_jobs_watcher_and_nothing_else(tmp_path):
             if p.poll() is None:
                 subprocess.run(["pkill", "-g", str(p.pid)])
                 p.wait(5)
+
+
+def test_down_idle_with_no_cloud_job_says_nothing_to_do_and_checks_the_duration(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "down", "--idle", "30m"], capture_output=True, text=True)
+    assert r.returncode == 0 and "torn down: nothing" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "down", "--idle", "abc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--idle abc: expected a duration" in r.stderr, r.stderr
+
+
+def test_try_commands_refuse_a_failed_job_and_a_zero_token_answer(tmp_path, monkeypatch):
+    from launcher import state
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    job = state.save(state.Job(id="ft-1", name="ft", cloud="local", spec_yaml="", output_dir=str(tmp_path / "run"),
+                               extra={"error": "training failed: CUDA out of memory"}))
+    state.transition(job.id, "FAILED")
+    for args in (["export", "ft-1", "--gguf", "q8_0"], ["generate", "ft-1", "hi"], ["chat", "ft-1"]):
+        r = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, input="")
+        assert r.returncode == 2 and r.stderr.strip() == (
+            "error: job ft-1 failed: training failed: CUDA out of memory; it made no final model (`launcher logs ft-1` "
+            "says what happened; submit the job again to go on from its last checkpoint)"), r.stderr
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "generate", str(tmp_path), "hi", "--max-new-tokens", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--max-new-tokens" in r.stderr, r.stderr
