@@ -67,6 +67,12 @@ def resolve_model(ref: str) -> str:
             raise ModelError(f"model {ref}: no such file or folder")
         return ref  # a hub id
     if path.is_dir():
+        known = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model")  # a model's, a tokenizer's
+        if not any((path / f).is_file() for f in known) and not any(path.glob("*.gguf")):
+            held = ", ".join(sorted(p.name for p in path.iterdir())[:5]) or "nothing"
+            raise ModelError(f"{path} is not a model or tokenizer folder: it has no config.json or tokenizer "
+                             f"files (it holds {held}); give a folder saved with save_pretrained, a .gguf file, a hub "
+                             "id or package:NAME")
         return str(path)
     return str(gguf_to_hf(path))
 

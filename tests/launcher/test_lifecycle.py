@@ -634,6 +634,18 @@ def test_a_missing_model_path_is_named_as_a_path_not_a_hub_id():
     assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
 
 
+def test_a_folder_that_holds_no_model_is_said_so_whole(tmp_path):
+    """Not the first line of a tokenizer library's error ("Couldn't instantiate the backend
+    tokenizer from one of:"), cut where the explanation would start."""
+    (tmp_path / "notes.txt").write_text("x")
+    r = cli("prep", QUICKSTART, "--set", f"model={tmp_path}", "--out", str(tmp_path / "out"))
+    one_line_error(r, f"{tmp_path} is not a model or tokenizer folder", "it holds notes.txt", "package:NAME")
+    (tmp_path / "tokenizer.json").write_text("{}")  # a tokenizer's own folder is one: it is the library's to judge
+    from launcher.models import resolve_model
+
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+
+
 def test_a_cached_model_is_as_readable_as_its_folder(tmp_path, monkeypatch):
     """safetensors writes weights 0600: a converted model in a cache that another user reads (the
     job of a Slurm cluster, a container) must still be loadable, so the cache gives each file the
