@@ -107,16 +107,18 @@ def sync_bucket(url: str, to: str | Path, *, watch: bool = False, done: Callable
 
 
 def sync_local(src_dir: str | Path, to: str | Path, *, watch: bool = False, done: Callable[[], bool] | None = None,
-               interval: float = 5.0, progress: bool = True) -> SyncResult:
-    """Copy the complete checkpoints of a local run folder into `to`."""
+               interval: float = 5.0, progress: bool = True, job_id: str | None = None) -> SyncResult:
+    """Copy the complete checkpoints of a local run folder into `to` (claimed for `job_id`)."""
     src, to = Path(src_dir), Path(to)
     if to.resolve() == src.resolve() or src.resolve() in to.resolve().parents:
         raise SyncError(f"--to {to}: that is inside the run folder {src}; choose a folder outside it")
+    if job_id:
+        claim(to, job_id)
     store = _open(str(src))
     return _repeat(lambda: _sync_store(store, to, progress), watch, done, interval)
 
 
-def sync_run_folder(src: Path, to: Path) -> SyncResult:
+def sync_run_folder(src: Path, to: Path, job_id: str | None = None) -> SyncResult:
     """A local job's run folder: already here, so only verify and list its complete checkpoints,
     or copy them (verified) when `to` is another folder. Either way a checkpoint whose files do not
     match its manifest is not listed, and is named in the SyncError."""
@@ -138,7 +140,7 @@ def sync_run_folder(src: Path, to: Path) -> SyncResult:
         if problems:
             raise SyncError("; ".join(problems), result)
         return result
-    return sync_local(src, to)
+    return sync_local(src, to, job_id=job_id)
 
 
 def sync_rsync(host: str, remote_dir: str, to: str | Path, *, ssh_config: str | Path | None = None,
@@ -475,12 +477,21 @@ def _plan(path: str, raw: bytes, to: Path) -> _Unit | None:
         if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or rel.endswith(".tmp"):
             return None
     local = to / path
-    if _read(local / MANIFEST) == raw:  # complete here already: its files were verified on arrival
+    # Complete here already: its files were verified on arrival. That each is still there at its
+    # size is checked again (a stat, not a hash: a watch loop goes over every checkpoint each time).
+    if _read(local / MANIFEST) == raw and all(_size(local / rel) == meta["size"] for rel, meta in files.items()):
         return _Unit(path, raw, files, [])
     # A different or missing local manifest: the folder is not complete until every file checks.
     (local / MANIFEST).unlink(missing_ok=True)
     todo = [rel for rel, meta in files.items() if not _matches(local / rel, meta)]
     return _Unit(path, raw, files, todo)
+
+
+def _size(p: Path) -> int | None:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return None
 
 
 def _matches(p: Path, meta: dict) -> bool:

@@ -312,7 +312,7 @@ class LocalBackend(Backend):
     def sync(self, job, to, *, watch=False):
         from launcher.sync import sync_run_folder
 
-        return sync_run_folder(Path(job.output_dir), Path(to))
+        return sync_run_folder(Path(job.output_dir), Path(to), job.id)
 
     def down(self, job, *, force=False):  # the run folder is here: nothing to lose by stopping
         if job.extra.get("docker"):

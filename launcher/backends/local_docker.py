@@ -202,7 +202,7 @@ class LocalDockerBackend(Backend):
         # The run folder is a bind mount: the files are already on this machine.
         from launcher.sync import sync_run_folder
 
-        return sync_run_folder(Path(job.output_dir), Path(to))
+        return sync_run_folder(Path(job.output_dir), Path(to), job.id)
 
     def down(self, job, *, force=False):
         job = self.status(job)

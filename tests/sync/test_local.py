@@ -83,3 +83,34 @@ def test_watch_retries_a_failed_pass_until_the_last_one(ckpt, tmp_path, capfd):
     (to / "checkpoints/checkpoint-5/optimizer.pt").unlink()
     with pytest.raises(SyncError, match="checkpoint-5/optimizer.pt: listed in its manifest but missing$"):
         sync_local(run, to, watch=True, done=lambda: True, interval=0.01, progress=False)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "launcher.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_a_local_jobs_sync_claims_its_folder_and_mends_what_went_missing_there(ckpt, tmp_path, launcher_home):
+    """Through the CLI: a second job's run is refused in a folder that holds the first's (the two
+    would mix their checkpoints and replace final/); and a file deleted or cut short in the copy
+    comes back on the next sync, although the copy's manifest says it is complete."""
+    from launcher import state
+
+    for job_id in ("ft-aaaaaa", "ft-bbbbbb"):
+        run = tmp_path / "runs" / job_id
+        ckpt(run / "checkpoints/checkpoint-2", CKPT)
+        ckpt(run / "final", {"adapter_model.safetensors": 30_000, "adapter_config.json": 300})
+        state.transition(state.save(state.Job(id=job_id, name="ft", cloud="local", spec_yaml="",
+                                              output_dir=str(run))).id, "SUCCEEDED")
+    to = tmp_path / "home-copy"
+    assert _cli("sync", "ft-aaaaaa", "--to", to).returncode == 0
+    r = _cli("sync", "ft-bbbbbb", "--to", to)
+    assert r.returncode == 2 and f"{to} holds job ft-aaaaaa's run" in r.stderr, r.stderr
+    (to / "final/adapter_config.json").unlink()
+    with open(to / "checkpoints/checkpoint-2/optimizer.pt", "ab") as f:
+        f.write(b"x")
+    r = _cli("sync", "ft-aaaaaa", "--to", to)
+    assert r.returncode == 0 and r.stdout.startswith("2 files copied"), r.stdout + r.stderr
+    assert manifest.verify(to / "final") == [] and manifest.verify(to / "checkpoints/checkpoint-2") == []
