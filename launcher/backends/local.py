@@ -236,6 +236,9 @@ class LocalBackend(Backend):
             (out / STAGE).unlink(missing_ok=True)
             write_resolved(spec, out)
             log = out / "logs" / "job.log"
+            # Runs of one job file share the folder and append to one log: each job's part starts here
+            offset = log.stat().st_size if log.exists() else 0
+            state.update(job.id, extra={**job.extra, "log_offset": offset})  # before its supervisor can write
             with open(log, "ab") as f:
                 env = safe_env({**os.environ, runlock.ENV_FD: str(lock), runlock.ENV_JOB: job.id})
                 proc = subprocess.Popen(python_module("launcher.backends.local") + [job.id],
@@ -289,12 +292,16 @@ class LocalBackend(Backend):
         if job.extra.get("docker"):
             return self._docker().logs(job, follow=follow)
         path = Path(job.log_path or Path(job.output_dir) / "logs" / "job.log")
-        pos = 0
+        pos = job.extra.get("log_offset", 0)
+        # where the next job in this folder began its part of the log, if one did
+        later = [j.extra["log_offset"] for j in state.all_jobs() if j.log_path == job.log_path and j.id != job.id
+                 and j.extra.get("log_offset", -1) > pos]
+        end = min(later) if later else None
         while True:
             if path.exists():
                 with open(path, "rb") as f:
                     f.seek(pos)
-                    chunk = f.read()
+                    chunk = f.read() if end is None else f.read(max(0, end - pos))
                     pos = f.tell()
                 if chunk:
                     sys.stdout.write(chunk.decode("utf-8", "replace"))
@@ -305,7 +312,7 @@ class LocalBackend(Backend):
             if job.done:
                 with open(path, "rb") as f:  # whatever arrived between the last read and the end
                     f.seek(pos)
-                    sys.stdout.write(f.read().decode("utf-8", "replace"))
+                    sys.stdout.write((f.read() if end is None else f.read(max(0, end - pos))).decode("utf-8", "replace"))
                 return job.exit_code or 0
             time.sleep(0.5)
 

@@ -378,6 +378,20 @@ def test_fresh_takes_the_earlier_jobs_records_with_their_folder(held_prep):
         cli("down", second)
 
 
+def test_two_runs_in_one_folder_each_show_their_own_log(held_prep):
+    first = submitted_id(cli("submit", held_prep, "--detach"))
+    wait_for(lambda: _in_prep(first))
+    assert cli("down", first).returncode == 0
+    second = submitted_id(cli("submit", held_prep, "--detach"))  # the same folder: it goes on from there
+    try:
+        wait_for(lambda: _in_prep(second))
+        mine, theirs = cli("logs", first).stdout, cli("logs", second).stdout
+        assert f"job {first} stopped" in mine and "[entry] data prep" in mine and second not in mine, mine
+        assert "[entry] data prep" in theirs and first not in theirs, theirs
+    finally:
+        cli("down", second)
+
+
 def test_a_stage_killed_by_a_signal_is_failed_with_that_reason(held_prep):
     job_id = submitted_id(cli("submit", held_prep, "--detach"))
     wait_for(lambda: _in_prep(job_id))
