@@ -214,6 +214,38 @@ class LocalBackend(Backend):
             raise BackendError("cloud local trains on this machine and needs the gpu extra "
                                f"(missing: {', '.join(missing)}): pip install 'llm-launcher[gpu]'")
 
+    def check_inputs(self, spec, job_file: Path) -> None:
+        """Also what the trainer would refuse on this machine, refused before data prep and not
+        after it: a package: model that is not installed, GPUs or a GPU-only setting (qlora, fp16,
+        flash-attention, FSDP) where CUDA is not usable. Inside Docker the image decides."""
+        super().check_inputs(spec, job_file)
+        if spec.resources.docker:
+            return
+        from launcher.models import ModelError, _package_model
+
+        for field, ref in (("model", spec.model), ("tokenizer", spec.tokenizer)):
+            if ref and ref.startswith("package:"):
+                try:
+                    _package_model(ref.split(":", 1)[1])
+                except ModelError as e:
+                    raise BackendError(f"{field}: {e}") from None
+        from trainers.gpu.train import InputError, check_method, resolve_attention, resolve_precision
+
+        t = spec.train
+        cuda = bf16 = False
+        if (spec.resources.accelerators or spec.method == "qlora" or t.fsdp or t.precision in ("fp16", "bf16")
+                or t.attn_implementation == "flash_attention_2"):  # only then is torch worth its import here
+            import torch
+
+            cuda = torch.cuda.is_available()
+            bf16 = cuda and torch.cuda.is_bf16_supported()
+        try:
+            check_method(spec, cuda)
+            resolve_precision(t.precision, cuda, bf16)
+            resolve_attention(t.attn_implementation, cuda)
+        except InputError as e:
+            raise BackendError(str(e)) from None
+
     def dry_run(self, spec, job_file: Path, *, fresh: bool = False) -> str:
         if spec.resources.docker:
             return self._docker().dry_run(spec, job_file, fresh=fresh)

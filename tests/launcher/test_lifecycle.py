@@ -176,8 +176,23 @@ def test_hostile_job_files_and_flags_are_one_line(tmp_path, setup, args, needles
 
 
 def test_dry_run_of_a_good_file_still_passes():
-    r = cli("submit", QUICKSTART, "--dry-run", "--gpus", "A100:1", "--set", "outputs.dir=runs/{name}-x")
+    r = cli("submit", QUICKSTART, "--dry-run", "--set", "outputs.dir=runs/{name}-x")
     assert r.returncode == 0 and "# valid: yes" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--gpus", "A100:1"], ["resources.accelerators is A100:1 but CUDA is not usable here"]),
+    (["--set", "method=qlora"], ["method: qlora needs a CUDA GPU"]),
+    (["--set", "train.precision=fp16"], ["train.precision: fp16 needs a CUDA GPU"]),
+    (["--set", "model=package:no_such_model_pkg"], ["model: model package:no_such_model_pkg", "not installed"]),
+])
+def test_a_local_dry_run_refuses_what_the_trainer_would_refuse_here(args, needles):
+    """On this machine (no GPU): said before data prep, not after it, and by the dry run too."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    for dry in (["--dry-run"], []):
+        one_line_error(cli("submit", QUICKSTART, *dry, *args), *needles)
 
 
 def test_init_into_a_missing_folder_is_one_line(tmp_path):
@@ -193,6 +208,8 @@ def test_init_into_a_missing_folder_is_one_line(tmp_path):
     ["down", "--idle", "30m"],
 ])
 def test_cloud_commands_without_the_cloud_extra_say_how_to_install_it(args):
+    if args[0] == "down":  # with a cloud cluster on record, which only the cloud extra can reach
+        state.save(state.Job(id="c-1", name="c", cloud="lambda", spec_yaml="", output_dir="/tmp/c", cluster="launcher-c-1"))
     one_line_error(cli(*args), "pip install 'llm-launcher[cloud]'")
 
 
