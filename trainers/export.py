@@ -242,6 +242,7 @@ def export_run(src: str | Path, *, merge_model: bool = True, gguf: str | None = 
     check_family(base)
     dest = Path(to) if to else run.dir / "export"
     dest.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_ggufs(dest)
     (dest / MANIFEST).unlink(missing_ok=True)  # incomplete from here until the new manifest
     model = dest / "model"
     merged = run.model_dir / "merged"  # lora.merge: true already wrote it
@@ -255,15 +256,25 @@ def export_run(src: str | Path, *, merge_model: bool = True, gguf: str | None = 
     else:
         log(f"merging the adapter of {run.model_dir} into {run.base_ref()}")
         merge(run.model_dir, base, model, run.spec.method if run.spec else "lora")
-    info = {"base_model": run.base_ref(), "method": run.spec.method if run.spec else None, "gguf": []}
+    info = {"base_model": run.base_ref(), "method": run.spec.method if run.spec else None, "gguf": earlier}
     if gguf:
         out = dest / f"{run.name}-{gguf}.gguf"
         log(f"converting to GGUF {gguf} with llama.cpp")
         to_gguf(model, out, gguf)
-        info["gguf"].append(out.name)
+        # the newest last: `generate --gguf` and `chat --gguf` take the last one
+        info["gguf"] = [g for g in earlier if g != out.name] + [out.name]
     write_manifest(dest, {"export": info})
     log(f"exported to {dest}")
     return dest
+
+
+def _earlier_ggufs(dest: Path) -> list[str]:
+    """The GGUF files an earlier export listed that are still there as it wrote them: an export
+    without --gguf keeps them, as the manifest lists every file in the folder anyway."""
+    m = read_manifest(dest) or {}
+    files = m.get("files", {})
+    return [g for g in (m.get("export") or {}).get("gguf", [])
+            if g in files and (dest / g).is_file() and (dest / g).stat().st_size == files[g]["size"]]
 
 
 def _copy_model(src: Path, dest: Path) -> None:

@@ -182,7 +182,8 @@ def test_generate_and_chat_through_the_cli(run, hf):
     assert r.exit_code == 0 and r.output.strip(), r.output
     line = PROMPT.replace("\n", " ")  # chat reads one line a turn
     once = CliRunner().invoke(main, ["generate", str(run), line, "--max-new-tokens", "10"])
-    r = CliRunner().invoke(main, ["chat", str(run), "--max-new-tokens", "10"], input=f"{line}\n\n")
+    # piped input that simply ends (no empty line, as Ctrl-D ends a terminal's) ends the chat, exit 0
+    r = CliRunner().invoke(main, ["chat", str(run), "--max-new-tokens", "10"], input=f"{line}\n")
     assert r.exit_code == 0 and once.exit_code == 0, r.output + once.output
     assert once.output.strip() and once.output.strip() in r.output  # the same model, prompt and template
 
@@ -231,7 +232,6 @@ def test_bad_input_gets_one_line(run, tmp_path):
     (unfinished / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     assert "has not finished" in cli("export", str(unfinished), "--gguf", "f16")
     assert "did you mean 'q4_k_m'" in cli("export", str(run), "--gguf", "q4km")
-    assert "nothing to export" in cli("export", str(run))
 
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
@@ -247,3 +247,15 @@ def test_bad_input_gets_one_line(run, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"name": "x", "outputs": {"export": {"gguf": "q9_k"}}}))
     assert "outputs.export.gguf: unknown GGUF type 'q9_k'" in cli("submit", str(job), "--dry-run")
+
+
+def test_export_without_gguf_keeps_the_earlier_gguf(run):
+    from trainers.export import exported
+
+    gguf = f"{NAME}-q4_k_m.gguf"
+    assert exported(run)["gguf"] == [gguf]
+    r = CliRunner().invoke(main, ["export", str(run)])  # as the README writes it: a merge, no --gguf
+    assert r.exit_code == 0, r.output
+    assert verify(run / "export") == [] and exported(run)["gguf"] == [gguf]
+    r = CliRunner().invoke(main, ["generate", str(run), PROMPT, "--gguf", "--max-new-tokens", "4"])
+    assert r.exit_code == 0 and r.output.strip(), r.output

@@ -319,3 +319,57 @@ def test_gpu_bench_runs_tiny_on_cpu(tmp_path):
     assert [(r["method"], r["layout"]) for r in results] == [
         (m, k) for m in ("lora", "full") for k in ("guide", "max", "packed_nomask", "packed")]
     assert all(r["useful_tokens_per_s"] > 0 for r in results)
+
+
+# -- a finished run or a checkpoint meets a job with other settings -------------------------------
+
+@pytest.fixture(scope="module")
+def one_step_lora(tmp_path_factory, smollm2_dir, fruit_data):
+    """The shortest LoRA run that leaves both a checkpoint and a final model."""
+    root = tmp_path_factory.mktemp("one-step")
+    job = write_job(root / "job.yaml", smollm2_dir, train={"max_steps": 1, "save_steps": 1, "do_eval": False,
+                                                           "sample_prompts": 0})
+    res = run_trainer(job, fruit_data, root / "out")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return job, root / "out"
+
+
+@pytest.mark.slow
+def test_finished_run_with_other_training_settings_is_refused(one_step_lora, fruit_data):
+    job, out = one_step_lora
+    same = run_trainer(job, fruit_data, out, "train.logging_steps=5")  # how it is watched: still the same run
+    assert same.returncode == 0 and "nothing to do (`launcher submit --fresh` to train again)" in same.stdout, same.stderr
+    for sets, named in ((["method=full"], "method (lora -> full)"), (["train.max_steps=2"], "train.max_steps (1 -> 2)")):
+        res = run_trainer(job, fruit_data, out, *sets)
+        assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and named in errors[0] and "launcher submit --fresh" in errors[0], res.stderr
+        assert "nothing to do" not in res.stdout
+    # the finished run is left as it was
+    assert is_complete(out / "final") and load_spec(out / "final" / "job.yaml").method == "lora"
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_of_the_other_method_is_refused(one_step_lora, tmp_path, fruit_data):
+    import shutil
+
+    job, done = one_step_lora
+    out = tmp_path / "out"
+    shutil.copytree(done / "checkpoints", out / "checkpoints")  # a LoRA run stopped before its final model
+    res = run_trainer(job, fruit_data, out, "method=full")
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == ("error: checkpoint-1 was saved by a lora run; this job is full: "
+                                                   "submit --fresh to start over (or keep method: lora)")
+
+
+def test_full_checkpoint_is_refused_for_a_lora_job(tmp_path):
+    from trainers.gpu.train import InputError, check_resume_method
+
+    ckpt = tmp_path / "checkpoint-4"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"")
+    check_resume_method(ckpt, load_spec(None, [("method", "full")], data={}))
+    for method in ("lora", "qlora"):
+        with pytest.raises(InputError, match=f"^checkpoint-4 was saved by a full run; this job is {method}: "
+                                             r"submit --fresh to start over \(or keep method: full\)$"):
+            check_resume_method(ckpt, load_spec(None, [("method", method)], data={}))

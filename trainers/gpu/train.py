@@ -308,6 +308,15 @@ def agree_on_checkpoint(ckpt_dir: Path, args) -> Path | None:
     return ckpt_dir / f"checkpoint-{step}" if step >= 0 else None
 
 
+def check_resume_method(checkpoint: Path, spec) -> None:
+    """Refuse a checkpoint of the other kind: the Trainer would look for weights that are not
+    there (`Can't find a checkpoint index`) or load an adapter into a model that has none."""
+    saved = "lora" if (checkpoint / "adapter_config.json").is_file() else "full"
+    if saved != ("full" if spec.method == "full" else "lora"):
+        raise InputError(f"{checkpoint.name} was saved by a {saved} run; this job is {spec.method}: "
+                         f"submit --fresh to start over (or keep method: {saved})")
+
+
 def train(spec, data_dir: Path, out: Path, stop) -> int:
     import torch
     from transformers import AutoTokenizer, Trainer, set_seed
@@ -317,12 +326,18 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     from launcher.models import resolve_model
     from trainers.gpu.callbacks import CompleteCheckpoints, PrintProgress
     from trainers.gpu.data import DataError, PackedCollator, load_split
-    from trainers.gpu.final import write_final
+    from trainers.gpu.final import changed_since, write_final
 
     cuda = torch.cuda.is_available()
     check_method(spec, cuda)
     if is_complete(out / "final"):
-        print(f"{out / 'final'} is complete already; nothing to do (delete it to train again)", flush=True)
+        changed = changed_since(out / "final", spec)
+        if changed:
+            # Training on would mix two jobs in one folder; calling it done would hand back the old model.
+            raise InputError(f"{out / 'final'} was trained with other settings than this job ({', '.join(changed)}); "
+                             "`launcher submit --fresh` to train it anew (the old run folder is set aside)")
+        print(f"{out / 'final'} is complete already; nothing to do (`launcher submit --fresh` to train again)",
+              flush=True)
         return run_export(spec, out)  # a job stopped while exporting finishes that here
     precision = resolve_precision(spec.train.precision, cuda, cuda and torch.cuda.is_bf16_supported())
     attn = resolve_attention(spec.train.attn_implementation, cuda)
@@ -351,6 +366,8 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
 
             resume_from_bucket(spec.outputs.bucket, spec.name, ckpt_dir)
     resume = agree_on_checkpoint(ckpt_dir, args)
+    if resume is not None:
+        check_resume_method(resume, spec)
     # W&B reports from the first process only; other nodes' checkpoints need no run id.
     run_id = setup_wandb(spec, out, resume) if args.process_index == 0 else None
     set_seed(args.seed)  # LoRA's initial weights come from this

@@ -273,7 +273,7 @@ def _prepare(args) -> _Prepared | None:
         _say(line)
     if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
         # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
-        _say(f"{out / 'final'} is complete already; nothing to do (delete it to train again)")
+        _say(f"{out / 'final'} is complete already; nothing to do (`launcher submit --fresh` to train again)")
         return None
     tok_src = Path(resolve_model(spec.tokenizer)) if spec.tokenizer else hf_dir
     if not tok_src.is_dir():
