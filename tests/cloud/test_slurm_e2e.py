@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 import pytest
@@ -187,9 +188,10 @@ def _job_id(text: str) -> str:
     return m.group(1)
 
 
-def _interrupted(env, args: list[str], wait_for: str, timeout: float, settle: float = 2) -> tuple[int, str]:
+def _interrupted(env, args: list[str], wait_for: str, timeout: float, settle: float = 2,
+                 ready: Callable[[], bool] | None = None) -> tuple[int, str]:
     """Run `launcher ARGS` and send it a real SIGINT (Ctrl-C) `settle` seconds after its output
-    shows `wait_for`."""
+    shows `wait_for`, or the moment `ready()` says so (polled)."""
     import signal
     import threading
 
@@ -206,8 +208,13 @@ def _interrupted(env, args: list[str], wait_for: str, timeout: float, settle: fl
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    hit.wait(timeout)
-    time.sleep(settle)
+    if ready is None:
+        hit.wait(timeout)
+        time.sleep(settle)
+    else:
+        deadline = time.time() + timeout
+        while not ready() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=300)
     reader.join(30)
@@ -271,10 +278,21 @@ def test_submit_status_logs_sync_down_autodown_idle(slurm_env, tmp_path):
     assert cluster2 not in _clusters(env), "autodown did not take the idle cluster away"
 
     # Ctrl-C while SkyPilot provisions: the machine comes up all the same, and the record knows it.
-    # The local cluster comes up in a few seconds: the interrupt goes the moment SkyPilot says it
-    # is launching (an earlier line, "Running on cluster", left it time to finish once).
+    # The local cluster comes up in a few seconds, and SkyPilot's streamed output can arrive after
+    # it has: the interrupt goes the moment the record holds the launch request (SkyPilot's API
+    # server has it), whatever the output says by then.
+    def launching() -> bool:
+        import sqlite3
+
+        try:
+            with sqlite3.connect(Path(env["LAUNCHER_HOME"]) / "state.db", timeout=5) as con:
+                rows = con.execute("SELECT extra FROM jobs WHERE name = 'sl-stop'").fetchall()
+        except sqlite3.Error:
+            return False
+        return any("launch_request" in json.loads(extra or "{}") for (extra,) in rows)
+
     code, said = _interrupted(env, ["submit", str(job4), "--cloud", "slurm", "--detach", "--no-watch"],
-                              r"Launching on", timeout=120, settle=0)
+                              "", timeout=120, ready=launching)
     assert code == 130, said[-3000:]
     m = re.search(r"(sl-stop-\w+): SkyPilot goes on launching cluster (launcher-sl-stop-\w+)", said)
     assert m and f"launcher down {m.group(1)}" in said, said[-3000:]
