@@ -195,8 +195,11 @@ def _interrupted(env, args: list[str], wait_for: str, timeout: float, settle: fl
     import signal
     import threading
 
+    # As from a terminal: a test run started in the background (nohup, `&` without job control)
+    # passes SIGINT on ignored, and Python then never turns a Ctrl-C into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *args], env={**env, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[str] = []
     hit = threading.Event()
 
