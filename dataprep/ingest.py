@@ -605,13 +605,21 @@ def _hf_dataset(path, src, rejects, fmt):
         rejects.unit()
         rejects.bad(f"{path}:1", f"not a dataset saved with datasets.save_to_disk: {str(e).splitlines()[0]}")
         return
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    for n, row in enumerate(ds, 1):
-        rejects.unit()
-        rec = _map_row(row, src, f"{path} (row {n})", rejects)
-        if rec is not None:
-            yield rec
+    if not isinstance(ds, datasets.DatasetDict):
+        parts = [("", ds)]
+    else:
+        # Every split by default: a test split left unread would be data dropped without a word.
+        names = src.splits if src.splits is not None else list(ds)
+        unknown = [s for s in names if s not in ds]
+        if unknown:
+            raise DataError(f"data.sources {src.path}: splits {unknown} are not in {path} (it has {list(ds)})")
+        parts = [(f"{s} ", ds[s]) for s in names]
+    for split, part in parts:
+        for n, row in enumerate(part, 1):
+            rejects.unit()
+            rec = _map_row(row, src, f"{path} ({split}row {n})", rejects)
+            if rec is not None:
+                yield rec
 
 
 def _read_url(src, rejects):

@@ -38,6 +38,8 @@ class Source(Section):
     delimiter: str | None = Field(None, description="CSV: field separator (default , for csv, or ; | tab when the header "
                                                  "has no comma and one of those; tab for tsv).")
     table: str | None = Field(None, description="SQL dump: the table to read (default: the only table with rows).")
+    splits: list[str] | None = Field(None, description="A saved DatasetDict (hf_dataset): the splits to read, e.g. [train] "
+                                                       "(default: every split; the job makes its own train/validation split).")
     unit: Literal["file", "paragraph", "line"] = Field(
         "file", description="Plain text and HTML: one example per file, per paragraph, or per line.")
     url: str | None = Field(None, description="A live database URL (SQLAlchemy, e.g. postgresql://...) instead of a path.")

@@ -465,7 +465,12 @@ def test_rows_as_exported_by_spreadsheets_pandas_and_databases(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["t1", "t2"]}),
                           "test": datasets.Dataset.from_dict({"text": ["held out"]})}).save_to_disk(str(tmp_path / "dd"))
     recs, _ = _read_all(tmp_path, Source(path="dd"), skip_bad=False)
+    assert [(r["text"], r["_where"]) for r in recs] == [(t, f"{tmp_path / 'dd'} ({w})") for t, w in
+                                                        [("t1", "train row 1"), ("t2", "train row 2"), ("held out", "test row 1")]]
+    recs, _ = _read_all(tmp_path, Source(path="dd", splits=["train"]), skip_bad=False)
     assert [r["text"] for r in recs] == ["t1", "t2"]
+    with pytest.raises(DataError, match=r"splits \['validation'\] are not in .*dd \(it has \['train', 'test'\]\)"):
+        _read_all(tmp_path, Source(path="dd", splits=["validation"]), skip_bad=False)
 
 
 def test_html_text_keeps_the_authors_backslashes_and_powers():
