@@ -55,9 +55,27 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, str | N
             except UnicodeDecodeError:
                 yield n + 1, "", f"cannot decode the file as {enc} past line {n} (set encoding: in the source)"
             return
-        for n, raw in enumerate(f, 1):
+        head = f.peek(1 << 16)
+        # Classic Mac line ends (Excel for Mac's "CSV (Macintosh)", old text files): without this the
+        # whole file would be one line, one bad JSON or CSV record.
+        lone_cr = head.count(b"\r") - head.count(b"\r\n")
+        lines = _cr_lines(f) if lone_cr > head.count(b"\n") else f
+        for n, raw in enumerate(lines, 1):
             try:
                 yield n, raw.decode(enc), None
             except UnicodeDecodeError as e:
                 yield n, raw.decode(enc, "backslashreplace"), (f"cannot decode byte {raw[e.start]:#04x} at column "
                                                                 f"{e.start + 1} as {enc} (set encoding: in the source)")
+
+
+def _cr_lines(f, size: int = 1 << 20) -> Iterator[bytes]:
+    """Lines ended by a lone CR, each given back ended by LF as the readers expect. In a file of
+    mixed endings a CR LF ends one line, not two: one LF at a line's start is the rest of the line
+    end before it (in a file whose lone CRs outnumber its LFs, the first line seldom starts with one)."""
+    rest = b""
+    while chunk := f.read(size):
+        *parts, rest = (rest + chunk).split(b"\r")
+        for part in parts:
+            yield part.removeprefix(b"\n") + b"\n"
+    if rest := rest.removeprefix(b"\n"):
+        yield rest

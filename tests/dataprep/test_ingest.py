@@ -207,6 +207,23 @@ def test_tsv_with_quotes_that_are_text_and_with_quotes_that_are_quoting(tmp_path
         ("Name a film", '"Casablanca" is a classic.'), ("Quoted\ttab", 'He said "hi"'), ("last", "one")]
 
 
+def test_files_with_classic_mac_line_ends(tmp_path):
+    """Excel for Mac's "CSV (Macintosh)" and old text files end lines with a lone CR; a file of
+    mixed endings keeps a CR LF as one line end."""
+    (tmp_path / "m.csv").write_bytes(b"instruction;response\rName a colour;Blue\r\"A \"\"quoted\"\"\r\rcell\";Red\r")
+    recs, _ = _read_all(tmp_path, Source(path="m.csv"), skip_bad=False)
+    assert [(r["input"], r["output"], r["_where"][-1]) for r in recs] == [("Name a colour", "Blue", "2"),
+                                                                        ('A "quoted"\n\ncell', "Red", "3")]
+    (tmp_path / "m.jsonl").write_bytes(b'{"text": "one"}\r{"text": "two"}')
+    recs, _ = _read_all(tmp_path, Source(path="m.jsonl"), skip_bad=False)
+    assert [r["text"] for r in recs] == ["one", "two"]
+    (tmp_path / "m.txt").write_bytes(b"line one\rline two\r\rline four\r\nline five\r")
+    recs, dropped = _read_all(tmp_path, Source(path="m.txt", unit="line"), skip_bad=False)
+    assert [(r["text"], r["_where"].rsplit(":", 1)[1]) for r in recs] == [
+        ("line one", "1"), ("line two", "2"), ("line four", "4"), ("line five", "5")]
+    assert [d["where"].rsplit(":", 1)[1] for d in dropped] == ["3"]
+
+
 def test_utf16_with_a_byte_order_mark_is_read_as_utf16(tmp_path):
     (tmp_path / "a.tsv").write_bytes("question\tanswer\r\nwhat is 世界?\tthe world\r\n".encode("utf-16"))
     (tmp_path / "b.txt").write_bytes("line one é\nline two\n".encode("utf-16-be").join([b"\xfe\xff", b""]))
