@@ -22,6 +22,9 @@ from launcher.dataspec import CleanConfig
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
+# A fenced code block (Markdown; HTML's <pre> comes out of ingest as one): its blank lines are the
+# code's own (PEP 8 puts two between functions), so they are not collapsed there.
+_FENCED = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.M | re.S)
 
 # What an assistant calls itself, after "as a/an", "I am (just) a/an", "being a/an".
 _QUAL = r"(?:(?:large|advanced|helpful|friendly|conversational|digital|virtual|text based|responsible|ethical|" \
@@ -99,8 +102,18 @@ def clean_text(s: str, cfg: CleanConfig) -> str:
     if " \n" in s or "\t\n" in s:
         s = _TRAILING.sub("\n", s)
     if "\n\n\n" in s:
-        s = _BLANKS.sub("\n\n", s)
+        s = _collapse_blank_lines(s)
     return s.strip()
+
+
+def _collapse_blank_lines(s: str) -> str:
+    if "```" not in s and "~~~" not in s:
+        return _BLANKS.sub("\n\n", s)
+    out, at = [], 0
+    for m in _FENCED.finditer(s):
+        out += [_BLANKS.sub("\n\n", s[at:m.start()]), m.group()]
+        at = m.end()
+    return "".join(out) + _BLANKS.sub("\n\n", s[at:])
 
 
 # A sentence: up to and including its end mark(s) and the space after, or a line.

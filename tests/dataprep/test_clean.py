@@ -202,6 +202,9 @@ def test_a_bad_user_pattern_is_one_line():
     ("a\u200b \nb", "a\nb"),
     ("one\r\rtwo", "one\n\ntwo"),
     ("plain text, nothing to do", "plain text, nothing to do"),
+    # a fenced block keeps the code's blank lines; around it, and in an unclosed fence, they are collapsed
+    ("Two:\n\n\n```py\ndef f():\n    pass\n\n\ndef g():\n    pass\n```\n\n\n\nEnd\n\n\n~~~\nx\n\n\n",
+     "Two:\n\n```py\ndef f():\n    pass\n\n\ndef g():\n    pass\n```\n\nEnd\n\n~~~\nx"),
 ])
 def test_clean_text_steps(raw, want):
     from dataprep.clean import clean_text
