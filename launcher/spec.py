@@ -286,6 +286,44 @@ def write_resolved(spec: JobSpec, folder: str | Path, *, keep: bool = False) -> 
     return path
 
 
+# Fields that change only how a run is watched, saved or sped up, not the model it ends with: a
+# finished run submitted again with other values of these is still finished.
+NOT_TRAINING = {f"train.{f}" for f in (
+    "per_device_eval_batch_size", "eval_steps", "do_eval", "eval_on_start", "save_steps", "save_total_limit",
+    "logging_steps", "logging_first_step", "report_to", "wandb_project", "dataloader_num_workers",
+    "sample_prompts", "sample_max_new_tokens", "attn_implementation", "gradient_checkpointing", "fsdp",
+    "ddp_find_unused_parameters")} | {"data.workers", "data.chunk_size", "lora.merge"}
+TRAINING = ("model", "tokenizer", "method", "lora", "data", "train")
+
+
+def changed_since(final: Path, spec: JobSpec) -> list[str]:
+    """The fields that change what is trained where `spec` differs from the job that made `final`
+    (its job.yaml), as `field (old -> new)`; [] when they agree or `final` records no job. A
+    trainer refuses to call such a run done: that would hand back the old model."""
+    try:
+        before = _flat(yaml.safe_load((final / RESOLVED).read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError):
+        return []
+    now = _flat(spec.model_dump(mode="json"))
+    changed = []
+    for field in [*now, *(f for f in before if f not in now)]:
+        if field.split(".")[0] in TRAINING and field not in NOT_TRAINING and before.get(field) != now.get(field):
+            old, new = before.get(field), now.get(field)
+            scalar = not isinstance(old, (list, dict)) and not isinstance(new, (list, dict))
+            changed.append(f"{field} ({old} -> {new})" if scalar else field)
+    return changed
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # -- loading ------------------------------------------------------------------------------------
 
 def parse_set(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

@@ -72,3 +72,25 @@ def test_hub_ids_are_downloaded_on_the_vm_and_cached(tiny_llama, tmp_path, monke
 def test_refused_train_field_names_it(tiny_llama, tmp_path):
     r = run_train(tmp_path, {**base_job(tiny_llama), "train": {"optim": "adafactor"}})
     assert r.returncode == 2 and r.stderr.strip().startswith("error: train.optim: 'adafactor' is not available on TPU")
+
+
+def test_a_finished_run_meets_a_job_with_other_training_settings(tiny_llama, tmp_path):
+    """The TPU trainer's final/ records its job: the same job again has nothing to do, one with
+    another learning rate is refused naming it (not handed the old model as done)."""
+    from launcher.manifest import write_manifest
+    from launcher.spec import load_spec, write_resolved
+
+    job = {**base_job(tiny_llama), "train": {"learning_rate": 1e-4}}
+    (tmp_path / "j.yaml").write_text(json.dumps(job))
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    write_resolved(load_spec(tmp_path / "j.yaml"), final)
+    write_manifest(final, extra={"trainer": "tpu"})
+    same = run_train(tmp_path, {**job, "train": {"learning_rate": 1e-4, "logging_steps": 3}})
+    assert same.returncode == 0 and "complete already; nothing to do" in same.stdout, same.stderr
+    other = run_train(tmp_path, {**job, "train": {"learning_rate": 3e-4}})
+    assert other.returncode == 2, other.stdout
+    assert other.stderr.strip().splitlines() == [
+        f"error: {final} was trained with other settings than this job (train.learning_rate (0.0001 -> 0.0003)); "
+        "`launcher submit --fresh` to train it anew (the old run folder is set aside)"]

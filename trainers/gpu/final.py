@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from launcher.manifest import write_manifest
-from launcher.spec import RESOLVED, write_resolved
+from launcher.spec import write_resolved
 from trainers.gpu.data import first_example
 
 
@@ -47,45 +47,6 @@ def write_final(trainer, spec, tokenizer, out: Path, model_path: str, precision:
     if upload is not None and first:
         upload(final)
     return final
-
-
-# Fields that change only how a run is watched, saved or sped up, not the model it ends with: a
-# finished run submitted again with other values of these is still finished.
-NOT_TRAINING = {f"train.{f}" for f in (
-    "per_device_eval_batch_size", "eval_steps", "do_eval", "eval_on_start", "save_steps", "save_total_limit",
-    "logging_steps", "logging_first_step", "report_to", "wandb_project", "dataloader_num_workers",
-    "sample_prompts", "sample_max_new_tokens", "attn_implementation", "gradient_checkpointing", "fsdp",
-    "ddp_find_unused_parameters")} | {"data.workers", "data.chunk_size", "lora.merge"}
-TRAINING = ("model", "tokenizer", "method", "lora", "data", "train")
-
-
-def changed_since(final: Path, spec) -> list[str]:
-    """The fields that change what is trained where `spec` differs from the job that made `final`
-    (its job.yaml), as `field (old -> new)`; [] when they agree or `final` records no job."""
-    import yaml
-
-    try:
-        before = _flat(yaml.safe_load((final / RESOLVED).read_text(encoding="utf-8")) or {})
-    except (OSError, yaml.YAMLError):
-        return []
-    now = _flat(spec.model_dump(mode="json"))
-    changed = []
-    for field in [*now, *(f for f in before if f not in now)]:
-        if field.split(".")[0] in TRAINING and field not in NOT_TRAINING and before.get(field) != now.get(field):
-            old, new = before.get(field), now.get(field)
-            scalar = not isinstance(old, (list, dict)) and not isinstance(new, (list, dict))
-            changed.append(f"{field} ({old} -> {new})" if scalar else field)
-    return changed
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:

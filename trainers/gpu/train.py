@@ -326,7 +326,8 @@ def train(spec, data_dir: Path, out: Path, stop) -> int:
     from launcher.models import resolve_model
     from trainers.gpu.callbacks import CompleteCheckpoints, PrintProgress
     from trainers.gpu.data import DataError, PackedCollator, load_split
-    from trainers.gpu.final import changed_since, write_final
+    from launcher.spec import changed_since
+    from trainers.gpu.final import write_final
 
     cuda = torch.cuda.is_available()
     check_method(spec, cuda)

@@ -249,7 +249,7 @@ def _prepare(args) -> _Prepared | None:
     final model is complete already. Raises the input errors `main` turns into exit 2."""
     from launcher.manifest import is_complete
     from launcher.models import ModelError, resolve_model
-    from launcher.spec import SpecError, load_spec
+    from launcher.spec import SpecError, changed_since, load_spec
     from trainers.tpu.convert import read_config
 
     spec = load_spec(args.job)
@@ -273,6 +273,10 @@ def _prepare(args) -> _Prepared | None:
         _say(line)
     if tpu_shape(tpu_type)[1] == 1 and is_complete(out / "final"):
         # (On a pod every host must join EasyLM, and only host 0 has final/: no shortcut there.)
+        changed = changed_since(out / "final", spec)
+        if changed:
+            raise SpecError(f"{out / 'final'} was trained with other settings than this job ({', '.join(changed)}); "
+                            "`launcher submit --fresh` to train it anew (the old run folder is set aside)")
         _say(f"{out / 'final'} is complete already; nothing to do (`launcher submit --fresh` to train again)")
         return None
     tok_src = Path(resolve_model(spec.tokenizer)) if spec.tokenizer else hf_dir
@@ -325,6 +329,7 @@ def _append_history(path: Path, entries: list[dict]) -> None:
 def finish(spec, hf_dir: Path, out: Path, run_dir: str, run_plan: dict, work: Path) -> int:
     """Final train state -> OUT/final (HF), manifest last, then the upload."""
     from launcher.manifest import write_manifest
+    from launcher.spec import write_resolved
     from trainers.tpu.convert import easylm_to_hf
     from trainers.tpu.easylm_main import newest_checkpoint
 
@@ -354,6 +359,7 @@ def finish(spec, hf_dir: Path, out: Path, run_dir: str, run_plan: dict, work: Pa
     history = [by_step[k] for k in sorted(by_step)]
     (final / "trainer_state.json").write_text(json.dumps(
         {"global_step": run_plan["updates"], "easylm_steps": ckpt["step"], "plan": run_plan, "log_history": history}, indent=1))
+    write_resolved(spec, final)  # what a later submit of this folder is compared with
     write_manifest(final, extra={"step": run_plan["updates"], "trainer": "tpu"})
     _say(f"final model in {final} ({time.time() - t0:.0f}s to convert)")
     if spec.outputs.bucket:
