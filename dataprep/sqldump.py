@@ -209,7 +209,8 @@ class _Dump:
 
     def statement(self, n: int, stmt: str) -> Iterator[tuple[str, dict]]:
         if self.state.get("copy"):
-            yield from self._copy_line(n, stmt.rstrip("\n"))
+            # a CR before the LF is a CRLF dump's line end: COPY writes a CR in the data as \\r
+            yield from self._copy_line(n, stmt.rstrip("\r\n"))
             return
         head_word = stmt[:12].upper()
         if head_word.startswith("CREATE TABLE"):

@@ -34,6 +34,15 @@ def test_sql_dump_values_come_out_exactly(dump):
     assert all(f"{dump}:" in w and "conversations row" in w for w, _ in got)
 
 
+@pytest.mark.parametrize("dump", ["mysql.sql", "postgres_copy.sql"])  # (no line breaks inside their strings)
+def test_sql_dumps_saved_with_windows_line_ends(dump, tmp_path):
+    """A dump that went through a Windows editor or git's autocrlf: a COPY block's \\N is still a
+    NULL and its \\. still ends it (the CR was read as part of the data)."""
+    crlf = tmp_path / dump
+    crlf.write_bytes((FIXTURES / dump).read_bytes().replace(b"\n", b"\r\n"))
+    assert [r for _, r in rows(crlf)] == EXPECTED
+
+
 def test_sqlite_dump_made_now_with_the_real_cli(tmp_path):
     sqlite3 = shutil.which("sqlite3")
     assert sqlite3, "the sqlite3 CLI is required (apt-get install sqlite3)"
