@@ -23,6 +23,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_ENCODING_ALIASES = {"utf8mb4": "utf-8", "utf8mb3": "utf-8", "utf-8-bom": "utf-8-sig", "ansi": "cp1252"}
+
+
 class Source(Section):
     path: str | None = Field(None, description="A file, a glob (data/*.jsonl) or a folder, relative to the job file.")
     format: Literal["auto", "jsonl", "csv", "tsv", "html", "text", "sql", "parquet", "hf_dataset"] = Field(
@@ -44,6 +47,29 @@ class Source(Section):
         "file", description="Plain text and HTML: one example per file, per paragraph, or per line.")
     url: str | None = Field(None, description="A live database URL (SQLAlchemy, e.g. postgresql://...) instead of a path.")
     query: str | None = Field(None, description="With url: the SELECT whose columns are read.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        # what database and Windows tools call their encodings, as Python knows them
+        v = _ENCODING_ALIASES.get(v.strip().lower().replace("_", "-"), v.strip())
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, cp1252, latin-1, utf-16, shift_jis)") from None
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = {"tab": "\t", "\\t": "\t"}.get(v.lower() if len(v) > 1 else v, v)  # '\t' in YAML's single quotes is two characters
+        if len(v) != 1:
+            raise ValueError(f"must be one character (got {v!r}); for a tab write tab or \"\\t\"")
+        return v
 
     @model_validator(mode="after")
     def _where(self) -> "Source":

@@ -65,6 +65,17 @@ def test_negative_learning_rate_names_field_and_line(tmp_path):
     assert error_of(p) == f"{p}:4: train.learning_rate: must be > 0 (got -1)"
 
 
+def test_a_sources_encoding_and_separator_are_checked_before_any_reading(tmp_path):
+    p = write(tmp_path, "data:\n  sources:\n    - path: a.csv\n      encoding: nonsense-enc\n      delimiter: ';;'\n")
+    assert error_of(p).splitlines() == [
+        f"{p}:4: data.sources.0.encoding: unknown encoding 'nonsense-enc' (e.g. utf-8, cp1252, latin-1, utf-16, shift_jis)",
+        f"{p}:5: data.sources.0.delimiter: must be one character (got ';;'); for a tab write tab or \"\\t\""]
+    # what MySQL and Windows call theirs, and a tab as people write one
+    p = write(tmp_path, "data:\n  sources:\n    - {path: a.csv, encoding: utf8mb4, delimiter: '\\t'}\n"
+                        "    - {path: b.csv, encoding: ANSI, delimiter: tab}\n")
+    assert [(s.encoding, s.delimiter) for s in load_spec(p).data.sources] == [("utf-8", "\t"), ("cp1252", "\t")]
+
+
 def test_unknown_field_suggests_the_right_one(tmp_path):
     p = write(tmp_path, "name: a\ntrain:\n  learning_rat: 0.1\n")
     msg = error_of(p)
