@@ -17,13 +17,31 @@ import unicodedata
 
 from launcher.dataspec import CleanConfig
 
-# Control characters except tab and newline, plus the zero-width space, word joiner and BOM. The
-# zero-width (non-)joiners stay: Persian and Indic spelling and emoji sequences (👨‍👩‍👧) need them.
+# Control characters except tab and newline, plus the zero-width space, word joiner and BOM: deleted,
+# except those that stand for something (_control_table). The zero-width (non-)joiners stay: Persian and Indic spelling and emoji sequences (👨‍👩‍👧) need them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
+
+
+def _control_table() -> dict[int, str | None]:
+    table: dict[int, str | None] = {c: None for c in [*range(0x20), 0x7f, 0x200b, 0x2060, 0xfeff] if c not in (9, 10, 13)}
+    # A page break (pdftotext) or vertical tab (Word's line break) separates words: a line end.
+    table[0x0b] = table[0x0c] = "\n"
+    # C1 codes in text are almost always Windows-1252 read as Latin-1 (the usual "latin-1" CSV):
+    # its quotes, dashes and euro sign, not controls to delete.
+    for c in range(0x80, 0xa0):
+        try:
+            table[c] = bytes([c]).decode("cp1252")
+        except UnicodeDecodeError:  # the five codes cp1252 leaves undefined
+            table[c] = None
+    return table
+
+
+_CONTROL_TABLE = _control_table()
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANKS = re.compile(r"\n{3,}")
-# A fenced code block (Markdown; HTML's <pre> comes out of ingest as one): its blank lines are the
-# code's own (PEP 8 puts two between functions), so they are not collapsed there.
+# A fenced code block (Markdown; HTML's <pre> comes out of ingest as one): its blank lines and spaces
+# are the code's own (PEP 8 puts two blank lines between functions; a diff's unchanged empty line is
+# one space), so they are left as they are there.
 _FENCED = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.M | re.S)
 
 # What an assistant calls itself, after "as a/an", "I am (just) a/an", "being a/an".
@@ -98,22 +116,25 @@ def clean_text(s: str, cfg: CleanConfig) -> str:
     if "\r" in s:
         s = s.replace("\r\n", "\n").replace("\r", "\n")
     if _CONTROL.search(s):
-        s = _CONTROL.sub("", s)
-    if " \n" in s or "\t\n" in s:
-        s = _TRAILING.sub("\n", s)
-    if "\n\n\n" in s:
-        s = _collapse_blank_lines(s)
+        s = s.translate(_CONTROL_TABLE)
+    if " \n" in s or "\t\n" in s or "\n\n\n" in s:
+        s = _tidy_lines(s) if "```" not in s and "~~~" not in s else _tidy_outside_code(s)
     return s.strip()
 
 
-def _collapse_blank_lines(s: str) -> str:
-    if "```" not in s and "~~~" not in s:
-        return _BLANKS.sub("\n\n", s)
+def _tidy_lines(s: str) -> str:
+    """Trailing spaces dropped, runs of blank lines made one."""
+    if " \n" in s or "\t\n" in s:
+        s = _TRAILING.sub("\n", s)
+    return _BLANKS.sub("\n\n", s) if "\n\n\n" in s else s
+
+
+def _tidy_outside_code(s: str) -> str:
     out, at = [], 0
     for m in _FENCED.finditer(s):
-        out += [_BLANKS.sub("\n\n", s[at:m.start()]), m.group()]
+        out += [_tidy_lines(s[at:m.start()]), m.group()]
         at = m.end()
-    return "".join(out) + _BLANKS.sub("\n\n", s[at:])
+    return "".join(out) + _tidy_lines(s[at:])
 
 
 # A sentence: up to and including its end mark(s) and the space after, or a line.

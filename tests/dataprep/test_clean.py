@@ -202,9 +202,13 @@ def test_a_bad_user_pattern_is_one_line():
     ("a\u200b \nb", "a\nb"),
     ("one\r\rtwo", "one\n\ntwo"),
     ("plain text, nothing to do", "plain text, nothing to do"),
+    ("end of page one\x0cpage two\x0bnext", "end of page one\npage two\nnext"),  # pdftotext, Word line breaks
+    # Windows-1252 read as Latin-1: its punctuation back, its undefined codes gone
+    ("Don\x92t stop \x93now\x94 \x96 it\x92s 5\x80\x85\x81", "Don\u2019t stop \u201cnow\u201d \u2013 it\u2019s 5\u20ac\u2026"),
     # a fenced block keeps the code's blank lines; around it, and in an unclosed fence, they are collapsed
-    ("Two:\n\n\n```py\ndef f():\n    pass\n\n\ndef g():\n    pass\n```\n\n\n\nEnd\n\n\n~~~\nx\n\n\n",
+    ("Two:  \n\n\n```py\ndef f():\n    pass\n\n\ndef g():\n    pass\n```\n\n\n\nEnd \n\n\n~~~\nx\n\n\n",
      "Two:\n\n```py\ndef f():\n    pass\n\n\ndef g():\n    pass\n```\n\nEnd\n\n~~~\nx"),
+    ("A diff:\n```diff\n@@ -1,3 +1,3 @@\n a\n \n-b\n+c\n```", "A diff:\n```diff\n@@ -1,3 +1,3 @@\n a\n \n-b\n+c\n```"),
 ])
 def test_clean_text_steps(raw, want):
     from dataprep.clean import clean_text
