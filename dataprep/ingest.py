@@ -27,6 +27,7 @@ import glob
 import io
 import itertools
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -64,18 +65,60 @@ ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assi
 _SAVED_DATASET = ("dataset_info.json", "dataset_dict.json")  # save_to_disk of a Dataset, of a DatasetDict
 
 
-def source_files(src: Source, base_dir: Path, skipped: list[Path] | None = None) -> list[tuple[Path, str]]:
-    """The files a source names, each with its format; an error if there are none. Files of a
-    folder or glob whose format the extension does not tell are passed over, into `skipped`."""
+def _saved_dataset(folder: Path) -> bool:
+    return any((folder / f).exists() for f in _SAVED_DATASET)
+
+
+def _walk(top: Path, skipped: list[tuple[Path, str]] | None) -> list[Path]:
+    """The files under a folder, following linked folders (once each: a link loop ends there). A
+    saved dataset inside is one entry. What is not read goes into `skipped` with its reason:
+    hidden files and folders (.git, .DS_Store: listed, not entered) and broken links."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        here = Path(root)
+        keep = []
+        for d in sorted(dirs):
+            if d.startswith("."):
+                if skipped is not None:
+                    skipped.append((here / d, "hidden_folder"))
+            elif _saved_dataset(here / d):
+                out.append(here / d)
+            else:
+                keep.append(d)
+        dirs[:] = keep
+        for name in names:
+            p = here / name
+            if name.startswith("."):
+                reason = "hidden_file"
+            elif not p.exists():
+                reason = "broken_link"
+            else:
+                out.append(p)
+                continue
+            if skipped is not None:
+                skipped.append((p, reason))
+    return sorted(out)
+
+
+def source_files(src: Source, base_dir: Path, skipped: list[tuple[Path, str]] | None = None) -> list[tuple[Path, str]]:
+    """The files a source names, each with its format; an error if there are none. What a folder
+    or glob holds that is not read (a file whose format the extension does not tell, a hidden file,
+    a broken link) goes into `skipped` with the reason."""
     pattern = Path(src.path).expanduser()
     if not pattern.is_absolute():
         pattern = base_dir / pattern
-    if src.format == "hf_dataset" or (pattern.is_dir() and any((pattern / f).exists() for f in _SAVED_DATASET)):
+    if src.format == "hf_dataset" or (pattern.is_dir() and _saved_dataset(pattern)):
         if not pattern.exists():
             raise DataError(f"{pattern}: no such dataset folder")
         return [(pattern, "hf_dataset")]
     if pattern.is_dir():
-        paths = sorted(p for p in pattern.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(pattern).parts))
+        paths = _walk(pattern, skipped)
     elif any(c in str(pattern) for c in "*?["):
         paths = sorted(Path(p) for p in glob.glob(str(pattern), recursive=True) if Path(p).is_file())
     elif pattern.is_file():
@@ -84,11 +127,11 @@ def source_files(src: Source, base_dir: Path, skipped: list[Path] | None = None)
         raise DataError(f"{pattern}: no such file or folder (data.sources path {src.path!r})")
     out = []
     for p in paths:
-        fmt = src.format if src.format != "auto" else EXTENSIONS.get(data_suffix(p))
+        fmt = "hf_dataset" if p.is_dir() else src.format if src.format != "auto" else EXTENSIONS.get(data_suffix(p))
         if fmt is None:
             if pattern.is_dir() or p != pattern:
                 if skipped is not None:  # a folder or glob may hold unrelated files
-                    skipped.append(p)
+                    skipped.append((p, "unknown_extension"))
                 continue
             raise DataError(f"{p}: cannot tell the format from the extension {''.join(p.suffixes[-2:])!r}; "
                             "set format: in the source")
@@ -102,11 +145,11 @@ def read_source(src: Source, base_dir: Path, rejects: Rejects) -> Iterator[dict]
     if src.url:
         yield from _read_url(src, rejects)
         return
-    skipped: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     files = source_files(src, base_dir, skipped)
-    for path in skipped:  # accounted, so that a folder's README.pdf is seen to be left out
+    for path, reason in skipped:  # accounted, so that a folder's README.pdf is seen to be left out
         rejects.unit()
-        rejects.skip(str(path), "unknown_extension")
+        rejects.skip(str(path), reason)
     for path, fmt in files:
         if fmt != "hf_dataset" and path.stat().st_size == 0:
             rejects.unit()

@@ -81,6 +81,16 @@ def cluster_name(job_id: str) -> str:
     return f"{PREFIX}{job_id}"
 
 
+def _link_outside(folder: Path, base: Path) -> Path | None:
+    """The first link under `folder` (a file or a folder) that points outside `base`."""
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs) + sorted(files):
+            p = Path(root) / name
+            if p.is_symlink() and not Path(os.path.realpath(p)).is_relative_to(base):
+                return p
+    return None
+
+
 class SkyBackend(Backend):
     name: ClassVar[str]
     infra: ClassVar[str]  # SkyPilot's name for the cloud
@@ -253,6 +263,12 @@ class SkyBackend(Backend):
                 ignore = base / ".skyignore" if (base / ".skyignore").exists() else "git's ignore rules (.gitignore)"
                 raise BackendError(f"{field}: {value} is left out of the upload to the {self.name} machine by "
                                    f"{ignore}, so the job would not find it there; take it out of the upload's exclusions")
+            link = _link_outside(path, base) if path.is_dir() else None
+            if link is not None:
+                # the upload (rsync -a) carries a link as a link: on the machine it points at nothing
+                raise BackendError(f"{field}: {link.relative_to(base)} is a link to {os.path.realpath(link)}, outside "
+                                   f"{base}; the upload to the {self.name} machine carries the link, not what it points "
+                                   "to: copy or move that data into the folder")
 
     def validate(self, spec: "JobSpec", job_file: Path, *, secrets: dict[str, str], image: str | None,
                  resolved: Path, resume: bool = True) -> tuple[dict, dict]:

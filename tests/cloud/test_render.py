@@ -377,6 +377,22 @@ def test_data_left_out_of_the_upload_is_refused(quickstart_job, ignore):
     assert p.returncode == 0, p.stderr
 
 
+def test_data_linked_in_from_outside_is_refused(quickstart_job, tmp_path):
+    """rsync carries a link as a link: on the machine a linked-in folder of data is missing."""
+    outside = tmp_path / "big-disk"
+    outside.mkdir()
+    (outside / "more.jsonl").write_text('{"text": "elsewhere"}\n')
+    (quickstart_job.parent / "data" / "more").symlink_to(outside, target_is_directory=True)
+    folder = ("--set", "data.sources=[{path: data, input: question, output: answer}]")
+    one_line(cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1", *folder),
+             f"error: data.sources[0].path: data/more is a link to {outside}, outside {quickstart_job.parent}; "
+             "the upload to the lambda machine carries the link")
+    (quickstart_job.parent / "data" / "more").unlink()
+    (quickstart_job.parent / "data" / "inside").symlink_to(quickstart_job.parent / "data" / "faq.csv")
+    p = cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1", *folder)
+    assert p.returncode == 0, p.stderr
+
+
 def test_dry_run_explains_spot(quickstart_job, launcher_home):
     out, _ = dry("aws", quickstart_job, accelerators="A100:8", spot=True)
     assert "managed job" in out and "relaunches" in out and "s3://my-ckpts/runs" in out

@@ -401,6 +401,31 @@ def test_compressed_files_read_as_what_they_hold(tmp_path, suffix):
     assert [s["reason"] for s in skipped] == ["unknown_extension"]
 
 
+def test_a_folder_as_users_have_them(tmp_path):
+    """Linked folders are read (a loop once), a saved dataset inside is read as one, and what is
+    not read (hidden files and folders, broken links) is listed with its reason."""
+    import datasets
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (data / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "linked.txt").write_text("from a linked folder")
+    (data / "more").symlink_to(elsewhere, target_is_directory=True)
+    (data / "sub" / "loop").symlink_to(data, target_is_directory=True)
+    (data / "sub" / "-odd name \u00e9.txt").write_text("odd name")
+    (data / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    (data / ".DS_Store").write_bytes(b"\x00\x00")
+    (data / ".git").mkdir()
+    (data / ".git" / "HEAD.txt").write_text("ref: refs/heads/main")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["dd train"]}),
+                          "test": datasets.Dataset.from_dict({"text": ["dd test"]})}).save_to_disk(str(data / "sub" / "dd"))
+    recs, dropped = _read_all(tmp_path, Source(path="data"))
+    assert sorted(r["text"] for r in recs) == ["dd test", "dd train", "from a linked folder", "odd name"]
+    assert sorted((d["where"], d["reason"]) for d in dropped) == [
+        (str(data / ".DS_Store"), "hidden_file"), (str(data / ".git"), "hidden_folder"),
+        (str(data / "gone.txt"), "broken_link")]
+
+
 def test_a_cut_off_compressed_file_is_one_line(tmp_path):
     import gzip
 
