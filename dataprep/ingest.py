@@ -467,6 +467,9 @@ class _RunOn(Exception):
     pass
 
 
+_SEP_HINT = re.compile(r"sep=(.)\r?\n?$")
+
+
 def _csv(path, src, rejects, fmt):
     """CSV/TSV records. A record that will not parse is refused by its first line, and reading
     goes on at the next line, so one stray quote costs one row, not the rest of the file. In TSV,
@@ -508,7 +511,15 @@ def _csv(path, src, rejects, fmt):
         first = next(lines, None)
         if first is None:
             return
-        if fmt == "csv" and not src.delimiter and src.header and "," not in first[1]:
+        if (hint := _SEP_HINT.match(first[1].lstrip("\ufeff"))) and not first[2]:
+            # Excel's first line `sep=;` names the separator; the header comes after it
+            rejects.unit()
+            rejects.skip(f"{path}:{first[0]}", "csv_separator_line", first[1].rstrip("\r\n"))
+            delim = src.delimiter or hint.group(1)
+            first = next(lines, None)
+            if first is None:
+                return
+        elif fmt == "csv" and not src.delimiter and src.header and "," not in first[1]:
             # Excel in much of Europe writes ';': a header with no comma and one other separator names it
             seps = [c for c in ";\t|" if c in first[1]]
             delim = seps[0] if len(seps) == 1 else delim

@@ -216,6 +216,14 @@ def test_tsv_with_quotes_that_are_text_and_with_quotes_that_are_quoting(tmp_path
         ("Name a film", '"Casablanca" is a classic.'), ("Quoted\ttab", 'He said "hi"'), ("last", "one")]
 
 
+def test_excels_separator_line(tmp_path):
+    """Excel writes (and reads) a first line `sep=;` that names the separator."""
+    (tmp_path / "s.csv").write_bytes(b"\xef\xbb\xbfsep=;\r\nprompt;response\r\nWhat is 2+2?;Four, of course\r\n")
+    recs, dropped = _read_all(tmp_path, Source(path="s.csv"))
+    assert [(r["input"], r["output"], r["_where"][-1]) for r in recs] == [("What is 2+2?", "Four, of course", "3")]
+    assert [(d["reason"], d["where"][-1]) for d in dropped] == [("csv_separator_line", "1"), ("csv_header", "2")]
+
+
 def test_files_with_classic_mac_line_ends(tmp_path):
     """Excel for Mac's "CSV (Macintosh)" and old text files end lines with a lone CR; a file of
     mixed endings keeps a CR LF as one line end."""
