@@ -41,8 +41,9 @@ def bom_encoding(head: bytes, encoding: str) -> str:
 
 
 def decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, str | None]]:
-    """(number, text, problem) for each physical line. An undecodable line comes with its problem
-    and its text backslash-escaped, so that a reader can refuse the record it belongs to. UTF-16
+    """(number, text, problem) for each physical line, ended by LF, CR LF or a lone CR. An
+    undecodable line comes with its problem and its text backslash-escaped, so that a reader can
+    refuse the record it belongs to. UTF-16
     and UTF-32 are split into lines after decoding (their newline is not the byte 0x0a). Raises
     READ_ERRORS for a corrupt compressed file."""
     with open_raw(path) as f:
@@ -60,12 +61,22 @@ def decoded_lines(path: Path, encoding: str) -> Iterator[tuple[int, str, str | N
         # whole file would be one line, one bad JSON or CSV record.
         lone_cr = head.count(b"\r") - head.count(b"\r\n")
         lines = _cr_lines(f) if lone_cr > head.count(b"\n") else f
-        for n, raw in enumerate(lines, 1):
-            try:
-                yield n, raw.decode(enc), None
-            except UnicodeDecodeError as e:
-                yield n, raw.decode(enc, "backslashreplace"), (f"cannot decode byte {raw[e.start]:#04x} at column "
-                                                                f"{e.start + 1} as {enc} (set encoding: in the source)")
+        n = 0
+        for raw in lines:
+            # A lone CR inside an LF line (text pasted together from both kinds of file) ends a
+            # line too: it would otherwise join two JSON objects or two rows into one.
+            if b"\r" in raw and (raw.count(b"\r") > 1 or not raw.endswith((b"\r\n", b"\r"))):
+                *parts, last = raw.split(b"\r")
+                pieces = [p + b"\n" for p in parts] + ([last] if last not in (b"\n", b"") else [])
+            else:
+                pieces = (raw,)
+            for raw in pieces:
+                n += 1
+                try:
+                    yield n, raw.decode(enc), None
+                except UnicodeDecodeError as e:
+                    yield n, raw.decode(enc, "backslashreplace"), (f"cannot decode byte {raw[e.start]:#04x} at "
+                                                                    f"column {e.start + 1} as {enc} (set encoding: in the source)")
 
 
 def _cr_lines(f, size: int = 1 << 20) -> Iterator[bytes]:
@@ -79,3 +90,4 @@ def _cr_lines(f, size: int = 1 << 20) -> Iterator[bytes]:
             yield part.removeprefix(b"\n") + b"\n"
     if rest := rest.removeprefix(b"\n"):
         yield rest
+

@@ -239,6 +239,10 @@ def test_files_with_classic_mac_line_ends(tmp_path):
     assert [(r["text"], r["_where"].rsplit(":", 1)[1]) for r in recs] == [
         ("line one", "1"), ("line two", "2"), ("line four", "4"), ("line five", "5")]
     assert [d["where"].rsplit(":", 1)[1] for d in dropped] == ["3"]
+    # mostly LF, a lone CR here and there: still a line end
+    (tmp_path / "mix.jsonl").write_bytes(b'{"text": "a"}\r\n{"text": "b"}\n{"text": "c"}\r{"text": "d"}\n{"text": "e"}\r')
+    recs, _ = _read_all(tmp_path, Source(path="mix.jsonl"), skip_bad=False)
+    assert [(r["text"], r["_where"].rsplit(":", 1)[1]) for r in recs] == [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]
 
 
 def test_utf16_with_a_byte_order_mark_is_read_as_utf16(tmp_path):
