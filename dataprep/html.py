@@ -82,8 +82,9 @@ def html_text(markup: str) -> list[str]:
             el.tag = "div"
         elif tag == "pre":
             key = f"dataprepcode{secrets.token_hex(8)}"
-            code[key] = textwrap.dedent(el.text_content().expandtabs(8) if "\t" in el.text_content()
-                                        else el.text_content()).strip("\n")
+            # tabs stay tabs (a Makefile's recipe lines need them); dedent only strips a prefix
+            # every line shares, so a tab-indented block loses only what all its lines have
+            code[key] = textwrap.dedent(el.text_content()).strip("\n")
             p = etree.Element("p")
             p.text, p.tail = key, el.tail
             el.getparent().replace(el, p)

@@ -1,0 +1,30 @@
+"""html_text on the shapes a page's markup takes: line breaks, code blocks, tables, lists and quotes
+as a reader sees them."""
+from dataprep.html import html_text
+
+
+def page(body: str) -> str:
+    return f'<html><head><meta charset="utf-8"></head><body><article>{body}</article></body></html>'
+
+
+def test_code_blocks_keep_their_tabs_blank_lines_and_place():
+    """A Makefile's recipe keeps its tab (it was 8 spaces, which make refuses); a common indent is
+    still stripped, blank lines between functions are kept, a block in a list item stays whole."""
+    blocks = html_text(page(
+        '<p>The Makefile and the code:</p><pre>all: build\n\tgo build ./...\n</pre>'
+        '<pre>\tfunc main() {\n\t\trun()\n\t}</pre>'
+        '<pre>    def f():\n        pass\n\n\n    def g():\n        pass\n</pre>'
+        '<ul><li>Run it:<pre>  make all\n  make test</pre></li></ul><p>Use <code>go vet</code> too.</p>'))
+    assert blocks == ["The Makefile and the code:", "```\nall: build\n\tgo build ./...\n```",
+                      "```\nfunc main() {\n\trun()\n}\n```",
+                      "```\ndef f():\n    pass\n\n\ndef g():\n    pass\n```",
+                      "- Run it:", "```\nmake all\nmake test\n```", "Use `go vet` too."]
+
+
+def test_inline_marks_footnotes_and_permalinks_as_before():
+    blocks = html_text(page(
+        '<h2>Speed of light<a class="headerlink" href="#speed">¶</a></h2>'
+        '<p>It is 3 × 10<sup>8</sup> m/s; set <code>c = 3e8</code> in <em>units</em>.<a href="#fn1">[1]</a></p>'
+        '<aside role="doc-footnote" id="fn1"><p>[1] Rounded from 299 792 458 m/s.</p></aside>'))
+    assert blocks == ["## Speed of light", "It is 3 × 10^8 m/s; set `c = 3e8` in *units*.[1]",
+                      "[1] Rounded from 299 792 458 m/s."]
