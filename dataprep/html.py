@@ -26,9 +26,10 @@ _PERMALINK = {"¶", "§", "#", "🔗", "link"}
 # trafilatura's markdown escapes what markdown would read as syntax, and nothing else: the inline
 # marks anywhere in prose (doubling a backslash that was there, so a run of 2k+1 backslashes is k of
 # the author's), a block mark at a line's start, a table cell's pipe; code spans are verbatim.
-# Only those are undone, so an author's own backslashes (a regex, LaTeX's \{) stay.
+# Only those are undone, so an author's own backslashes (a regex, LaTeX's \{) stay; except a cell's
+# pipe, which is kept: "| Pear | special | 2.50 |" reads as three cells.
 _CODE_SPAN = re.compile(r"(`+)(?:.+?)\1", re.S)
-_INLINE_ESCAPE = re.compile(r"(\\+)([*_`~\[\]<|])")
+_INLINE_ESCAPE = re.compile(r"(\\+)([*_`~\[\]<])")
 _BLOCK_ESCAPE = re.compile(r"^([ \t]*(?:- |\d{1,9}\. )?[ \t]*)(\d{1,9})?\\([#>+\-.)])", re.M)
 _SUP = re.compile(r"<sup>(.*?)</sup>", re.S)
 _SUB = re.compile(r"</?sub>")

@@ -21,6 +21,16 @@ def test_code_blocks_keep_their_tabs_blank_lines_and_place():
                       "- Run it:", "```\nmake all\nmake test\n```", "Use `go vet` too."]
 
 
+def test_a_pipe_in_a_table_cell_stays_escaped():
+    """"Pear | special" is one cell (it read as two: the row had three cells under two headers); a
+    pipe in prose is the author's, and so is a backslash before one."""
+    blocks = html_text(page(
+        '<p>Prices this week.</p><table><tr><th>Fruit</th><th>Price</th></tr>'
+        '<tr><td>Pear | special</td><td>2.50</td></tr></table><p>Run a | b, or escape it as \\| in a regex.</p>'))
+    assert blocks == ["Prices this week.", "| Fruit | Price |\n|---|---|\n| Pear \\| special | 2.50 |",
+                      "Run a | b, or escape it as \\| in a regex."]
+
+
 def test_inline_marks_footnotes_and_permalinks_as_before():
     blocks = html_text(page(
         '<h2>Speed of light<a class="headerlink" href="#speed">¶</a></h2>'
