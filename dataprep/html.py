@@ -12,6 +12,8 @@ import re
 #     lists, so each one is swapped for a placeholder before and put back verbatim, fenced, after;
 #   - footnotes in <aside role="doc-footnote"> (Sphinx, docutils): it drops every <aside>, so those
 #     become <div>s;
+#   - <blockquote>: its markdown has no "> ", so start and end marks go around it, and the lines
+#     between are quoted after (nested ones deeper);
 #   - marks inside the content that are chrome: permalink marks (the "¶" of Sphinx headings) and a
 #     few classes by whole name (never a substring: a legal section id="cookie-policy" is content).
 # On a page with too little text for its heuristics it falls back to keeping most text, so elements
@@ -69,6 +71,7 @@ def html_text(markup: str) -> list[str]:
     except (etree.ParserError, ValueError):
         return []
     code: dict[str, str] = {}
+    quote, quotes = f"dataprepquote{secrets.token_hex(6)}", []
     for el in list(tree.iter()):
         if not isinstance(el.tag, str) or el.getparent() is None:
             continue
@@ -89,22 +92,49 @@ def html_text(markup: str) -> list[str]:
             p = etree.Element("p")
             p.text, p.tail = key, el.tail
             el.getparent().replace(el, p)
+        elif tag == "blockquote":
+            parent, n = el.getparent(), len(quotes)
+            quotes.append(n)
+            start, end = etree.Element("p"), etree.Element("p")
+            start.text, end.text, end.tail, el.tail = f"{quote}s{n}", f"{quote}e{n}", el.tail, None
+            i = parent.index(el)
+            parent.insert(i + 1, end)
+            parent.insert(i, start)
     text = trafilatura.extract(tree, include_tables=True, include_comments=False, include_formatting=True,
                                include_links=False, include_images=False, deduplicate=False,
                                output_format="markdown") or ""
     text = _unescape_markdown(text)
+    if quotes:
+        # a quote is marked only when both its marks came out on lines of their own: inside a list
+        # item or a table cell trafilatura runs them into the text, and there they are dropped
+        alone = re.findall(rf"^[ \t]*{quote}([se]\d+)[ \t]*$", text, re.M)
+        paired = {m[1:] for m in alone if m[0] == "s" and "e" + m[1:] in alone}
+        text = re.sub(rf"[ \t]*{quote}[se](\d+)[ \t]*", lambda m: m[0] if m[1] in paired else " ", text)
     blocks: list[str] = []
+    depth = 0
     for piece in re.split(r"[ \t]*(dataprepcode[0-9a-f]{16})[ \t]*", text):
         if piece in code:
             if code[piece].strip():
-                blocks.append("```\n" + code[piece] + "\n```")
+                blocks.append("```\n" + code[piece] + "\n```")  # verbatim: not quoted either
             continue
-        for block in re.split(r"\n\s*\n", piece):
-            lines = [_SPACES.sub(" ", line).strip() for line in block.splitlines()]
-            block = "\n".join(line for line in lines if line)
-            if block and block != "-":
+        lines = []
+        for line in piece.splitlines():
+            if quotes and line.strip().startswith(quote):
+                depth = max(0, depth + (1 if line.strip()[len(quote)] == "s" else -1))
+                lines.append("")
+            else:
+                indent = line[:len(line) - len(line.lstrip(" "))] if _LIST_ITEM.match(line) else ""
+                line = indent + _SPACES.sub(" ", line).strip()
+                lines.append(("> " * depth + line).rstrip() if line else "")
+        for block in re.split(r"\n\s*\n", "\n".join(lines)):
+            block = "\n".join(line for line in block.splitlines() if line)
+            if block and block.lstrip("> ") != "-":
                 blocks.append(block)
     return blocks
+
+
+# a nested list's items are indented by their level; other lines' leading spaces are the markup's
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)]) ")
 
 
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")

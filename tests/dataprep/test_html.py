@@ -31,6 +31,25 @@ def test_a_pipe_in_a_table_cell_stays_escaped():
                       "Run a | b, or escape it as \\| in a regex."]
 
 
+def test_nested_lists_keep_their_levels_and_quotes_their_marks():
+    """A nested item is indented two spaces a level (it sat at its parent's level), a quote's lines
+    start with "> " (nested: "> > "; it had none); a quote inside a list item or a table cell is run
+    into the text, without marks."""
+    blocks = html_text(page(
+        '<p>Lists and quotes here.</p>'
+        '<ul><li>top a<ul><li>nested a</li><li>nested b<ol><li>deep one</li><li>deep two</li></ol></li></ul></li>'
+        '<li>top b</li></ul>'
+        '<blockquote>Quoted first, bare in the quote.<blockquote><p>Quoted in a quote.</p></blockquote>'
+        '<ul><li>quoted item<ul><li>quoted sub</li></ul></li></ul></blockquote><p>After the quotes.</p>'
+        '<ul><li>an item<blockquote>quoted in it</blockquote></li></ul>'
+        '<table><tr><td>cell</td><td><blockquote>quoted in a cell</blockquote></td></tr></table>'))
+    assert blocks == ["Lists and quotes here.",
+                      "- top a\n  - nested a\n  - nested b\n    1. deep one\n    2. deep two\n- top b",
+                      "> Quoted first, bare in the quote.", "> > Quoted in a quote.",
+                      "> - quoted item\n>   - quoted sub", "After the quotes.",
+                      "- an item quoted in it", "| cell | quoted in a cell |"]
+
+
 def test_inline_marks_footnotes_and_permalinks_as_before():
     blocks = html_text(page(
         '<h2>Speed of light<a class="headerlink" href="#speed">¶</a></h2>'
