@@ -12,6 +12,9 @@ import re
 #     lists, so each one is swapped for a placeholder before and put back verbatim, fenced, after;
 #   - footnotes in <aside role="doc-footnote"> (Sphinx, docutils): it drops every <aside>, so those
 #     become <div>s;
+#   - <br>: it makes each one a paragraph break, and a <div> of <br>-separated lines can move above
+#     the heading before it; each becomes a token in the text, put back after: one is a line break
+#     in its block, two or more in a row end the block (a forum post's stanzas, an address stays one);
 #   - <blockquote>: its markdown has no "> ", so start and end marks go around it, and the lines
 #     between are quoted after (nested ones deeper);
 #   - marks inside the content that are chrome: permalink marks (the "¶" of Sphinx headings) and a
@@ -71,7 +74,8 @@ def html_text(markup: str) -> list[str]:
     except (etree.ParserError, ValueError):
         return []
     code: dict[str, str] = {}
-    quote, quotes = f"dataprepquote{secrets.token_hex(6)}", []
+    token = secrets.token_hex(6)
+    br, quote, quotes = f"dataprepbr{token}", f"dataprepquote{token}", []
     for el in list(tree.iter()):
         if not isinstance(el.tag, str) or el.getparent() is None:
             continue
@@ -85,6 +89,8 @@ def html_text(markup: str) -> list[str]:
         elif tag == "aside" and ("footnote" in role or any("footnote" in n for n in names)):
             el.tag = "div"
         elif tag == "pre":
+            for line_break in el.iter("br"):  # text_content() drops it: a browser shows a line break
+                line_break.tail = "\n" + (line_break.tail or "")
             key = f"dataprepcode{secrets.token_hex(8)}"
             # tabs stay tabs (a Makefile's recipe lines need them); dedent only strips a prefix
             # every line shares, so a tab-indented block loses only what all its lines have
@@ -92,6 +98,14 @@ def html_text(markup: str) -> list[str]:
             p = etree.Element("p")
             p.text, p.tail = key, el.tail
             el.getparent().replace(el, p)
+        elif tag == "br":
+            prev, parent = el.getprevious(), el.getparent()
+            mark = f" {br} {el.tail or ''}"
+            if prev is None:
+                parent.text = (parent.text or "") + mark
+            else:
+                prev.tail = (prev.tail or "") + mark
+            parent.remove(el)
         elif tag == "blockquote":
             parent, n = el.getparent(), len(quotes)
             quotes.append(n)
@@ -110,6 +124,7 @@ def html_text(markup: str) -> list[str]:
         alone = re.findall(rf"^[ \t]*{quote}([se]\d+)[ \t]*$", text, re.M)
         paired = {m[1:] for m in alone if m[0] == "s" and "e" + m[1:] in alone}
         text = re.sub(rf"[ \t]*{quote}[se](\d+)[ \t]*", lambda m: m[0] if m[1] in paired else " ", text)
+    breaks = re.compile(rf"[ \t]*(?:{br}[ \t]*)+") if br in text else None
     blocks: list[str] = []
     depth = 0
     for piece in re.split(r"[ \t]*(dataprepcode[0-9a-f]{16})[ \t]*", text):
@@ -123,9 +138,7 @@ def html_text(markup: str) -> list[str]:
                 depth = max(0, depth + (1 if line.strip()[len(quote)] == "s" else -1))
                 lines.append("")
             else:
-                indent = line[:len(line) - len(line.lstrip(" "))] if _LIST_ITEM.match(line) else ""
-                line = indent + _SPACES.sub(" ", line).strip()
-                lines.append(("> " * depth + line).rstrip() if line else "")
+                lines += [("> " * depth + part).rstrip() if part else "" for part in _lines(line, breaks)]
         for block in re.split(r"\n\s*\n", "\n".join(lines)):
             block = "\n".join(line for line in block.splitlines() if line)
             if block and block.lstrip("> ") != "-":
@@ -135,6 +148,28 @@ def html_text(markup: str) -> list[str]:
 
 # a nested list's items are indented by their level; other lines' leading spaces are the markup's
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)]) ")
+
+
+def _lines(line: str, breaks: re.Pattern | None) -> list[str]:
+    """A line of trafilatura's markdown as lines of a block, its <br> tokens put back. A list item
+    keeps its indent (its level in a nested list), and its <br> lines stay in the item, indented
+    under its text; a heading and a table row stay one line."""
+    indent = line[:len(line) - len(line.lstrip(" "))] if _LIST_ITEM.match(line) else ""
+    line = indent + _SPACES.sub(" ", line).strip()
+    if breaks is None or not breaks.search(line):
+        return [line]
+    if line.startswith("|"):
+        # "a / b" between a cell's lines ("Jane Doe / Manager", not "Jane Doe Manager"), nothing
+        # at a cell's edge
+        return [breaks.sub(lambda m: " " if line[m.start() - 1:m.start()] in ("|", "")
+                           or line[m.end():m.end() + 1] in ("|", "") else " / ", line)]
+    if line.startswith("#"):  # a heading wrapped by <br> is still one heading
+        return [breaks.sub(" ", line).strip()]
+    item = _LIST_ITEM.match(line)
+    if item:  # two <br>s in a row too: a blank line would cut the list into two blocks
+        return [part for part in breaks.sub("\n" + " " * item.end(), line).split("\n") if part.strip()]
+    return [part.strip() for part in breaks.sub(lambda m: "\n\n" if m[0].count("dataprepbr") > 1 else "\n",
+                                                line).split("\n")]
 
 
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")

@@ -7,6 +7,35 @@ def page(body: str) -> str:
     return f'<html><head><meta charset="utf-8"></head><body><article>{body}</article></body></html>'
 
 
+def test_a_line_break_stays_in_its_block_and_two_end_it():
+    """A forum post's lines and an address are one block each (they were a block per line), the
+    post's <br><br> ends a block, and the heading stays above the post (it came after it)."""
+    blocks = html_text(page(
+        '<h2>Re: printer not working</h2><div class="post">Hi all,<br>I tried restarting the spooler.<br>'
+        'Then I reinstalled the driver.<br>Still nothing prints.<br><br>Any ideas?<br>Thanks, Bob</div>'
+        '<p>Shipping address:<br>Jane Doe<br>12 Main Street<br>Springfield</p>'))
+    assert blocks == ["## Re: printer not working",
+                      "Hi all,\nI tried restarting the spooler.\nThen I reinstalled the driver.\nStill nothing prints.",
+                      "Any ideas?\nThanks, Bob",
+                      "Shipping address:\nJane Doe\n12 Main Street\nSpringfield"]
+
+
+def test_line_breaks_in_a_table_a_heading_a_list_and_code():
+    """A row stays one line ("a / b" between a cell's lines), a heading one heading, a list item's
+    lines stay in the item, and a quote's in the quote; whitespace between two <br>s still ends a
+    block; in <pre> a <br> is a newline."""
+    blocks = html_text(page(
+        '<h2>Chapter 1<br>The start</h2><p>First paragraph of the page.</p>'
+        '<table><tr><th>Name</th><th>Contact</th></tr><tr><td>Jane Doe<br>Manager</td><td><br>jane@example.com<br></td></tr></table>'
+        '<ul><li>line one<br>line two<ul><li>sub<br>sub two</li></ul></li></ul>'
+        '<blockquote>Quoted first.<br>Same paragraph.</blockquote>'
+        '<p>stanza one<br>\n  <br>\nstanza two</p><pre>a = 1<br>b = 2</pre>'))
+    assert blocks == ["## Chapter 1 The start", "First paragraph of the page.",
+                      "| Name | Contact |\n|---|---|\n| Jane Doe / Manager | jane@example.com |",
+                      "- line one\n  line two\n  - sub\n    sub two", "> Quoted first.\n> Same paragraph.",
+                      "stanza one", "stanza two", "```\na = 1\nb = 2\n```"]
+
+
 def test_code_blocks_keep_their_tabs_blank_lines_and_place():
     """A Makefile's recipe keeps its tab (it was 8 spaces, which make refuses); a common indent is
     still stripped, blank lines between functions are kept, a block in a list item stays whole."""
