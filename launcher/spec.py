@@ -122,8 +122,11 @@ class ResourcesConfig(Section):
         if v is None:
             return v
         v = v.strip()
-        if re.fullmatch(r"(?i)tpu-v\d+[a-z]*-\d+", v):
-            return v
+        if m := re.fullmatch(r"(?i)(tpu-v\d+[a-z]*-\d+)(?::(\d+))?", v):
+            if m.group(2) not in (None, "1"):  # SkyPilot's own form is tpu-v3-8:1
+                raise ValueError(f"a TPU slice is taken one at a time (got {v!r}); for more chips take a larger slice, "
+                                 "e.g. tpu-v3-32")
+            return m.group(1)
         m = re.fullmatch(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(-?\d+))?", v)
         if not m:
             raise ValueError(f"expected NAME:COUNT such as A100:1 or H100:8, or a TPU such as tpu-v3-8 (got {v!r})")

@@ -93,12 +93,25 @@ def tpu(name: str) -> Tpu:
     hbm, per_device, per_host = _KINDS[kind]
     if kind == "cpu":
         return Tpu(t, n, 1, hbm)
+    # Google's slice sizes: 8 cores and up in eights (v2-v5p); v5e/v6e also 1 and 4 chips
+    if n % 8 and not (kind in ("v5litepod", "v5e", "v6e") and n in (1, 4)):
+        raise PlanError(f"resources.accelerators: unknown TPU type {name!r}: {kind} slices come in "
+                        f"{'1, 4, 8, 16 ...' if kind in ('v5litepod', 'v5e', 'v6e') else '8, 16, 32 ...'} "
+                        f"{'chips' if kind in ('v5litepod', 'v5e', 'v6e') else 'cores'} (e.g. tpu-{kind}-8)")
     devices = max(1, n // per_device)
     if kind in ("v5litepod", "v5e", "v6e"):
         hosts = 1 if n <= 8 else n // 4  # pods of these have 4 chips per host
     else:
         hosts = max(1, n // 8)
     return Tpu(t, devices, hosts, hbm)
+
+
+def runtime_version(name: str) -> str:
+    """The TPU VM software a generation boots with (Google's names): the one for v2-v4 does not
+    drive v5e, v5p or v6e chips."""
+    kind = tpu(name).name.split("-")[0]
+    return {"v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
+            "v6e": "v2-alpha-tpuv6e"}.get(kind, "tpu-ubuntu2204-base")
 
 
 # -- the model ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from launcher.backends import register
 from launcher.backends.base import BackendError
 from launcher.backends.sky import NODE_OUT, SkyBackend
+from launcher.tpu_plan import runtime_version
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,13 @@ class GCPBackend(SkyBackend):
     name = "gcp"
     summary = "Google Cloud TPU VMs (TPU Research Cloud grants included)"
     infra = "gcp"
-    cannot = {"gpu": "cloud gcp is for TPU VMs here: give a TPU type (--tpu v3-8), or rent GPUs with --cloud lambda, runpod or aws"}
+    cannot = {
+        "gpu": "cloud gcp is for TPU VMs here: give a TPU type (--tpu v3-8), or rent GPUs with --cloud lambda, runpod or aws",
+        # Separate TPU VMs would each train the whole job into one train state; the hosts of a pod
+        # slice are what trains as one here.
+        "multi_node": "several TPU VMs do not train one job together: resources.num_nodes must be 1; for more chips "
+                      "take a larger slice (e.g. --tpu v3-32, a pod of 4 hosts)",
+    }
 
     def check(self, spec) -> None:
         super().check(spec)
@@ -75,6 +82,7 @@ class GCPBackend(SkyBackend):
         task = super().render(spec, job_file, secrets=secrets, image=image, resolved=resolved, resume=resume)
         if report.disk_size:
             task["resources"]["disk_size"] = report.disk_size
+        task["resources"]["accelerator_args"] = {"runtime_version": runtime_version(spec.resources.accelerators)}
         return task
 
     # The report is made again where it is shown (plain arithmetic on a cached config, no state

@@ -66,7 +66,8 @@ def _environment(spec) -> dict[str, str]:
     env = dict(spec.env)
     env.update({k: os.environ[k] for k in spec.secrets if os.environ.get(k)})
     # No passwd entry for the calling uid in the image: give the job a writable home.
-    env.update({"HOME": "/tmp", "HF_HOME": "/tmp/hf", "PYTHONUNBUFFERED": "1"})
+    # PYTHONSAFEPATH: the working folder (the job's) is never a place our modules are imported from
+    env.update({"HOME": "/tmp", "HF_HOME": "/tmp/hf", "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"})
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "WANDB_MODE"):
         if k in os.environ and k not in env:
             env[k] = os.environ[k]

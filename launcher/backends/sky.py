@@ -204,7 +204,8 @@ class SkyBackend(Backend):
             raise BackendError("resources.spot: a preempted job is relaunched on a new machine and resumes from "
                                "the checkpoints in its bucket; set outputs.bucket (s3://... or gs://...)")
         if not spec.resources.accelerators and self.needs_accelerators:
-            raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. --gpus A100:1")
+            example = "--tpu v3-8" if "gpu" in self.cannot else "--gpus A100:1"
+            raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. {example}")
 
     def check_travels(self, spec: "JobSpec", job_file: Path) -> None:
         """Local data and model paths must lie in the job file's folder: that folder (the task's

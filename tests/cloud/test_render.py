@@ -98,8 +98,17 @@ def test_gcp_tpu_v3_8_pinned_zone(quickstart_job):
     out, task = dry("gcp", job, accelerators="tpu-v3-8", zone="europe-west4-a", spot=True)
     r = task["resources"]
     assert r["infra"] == "gcp/*/europe-west4-a" and r["accelerators"] == "tpu-v3-8"
-    assert r["accelerator_args"]["runtime_version"]
+    assert r["accelerator_args"] == {"runtime_version": "tpu-ubuntu2204-base"}  # Google's for v2-v4
     assert "TPU-VM" in out and "$2.24/hour" in out  # the preemptible price in europe-west4-a
+
+
+def test_each_tpu_generation_boots_its_own_runtime(quickstart_job):
+    """v2-v4's runtime does not drive v5e chips: SkyPilot's default for v5 is v5p's, so it is set."""
+    _, task = dry("gcp", tpu_job(quickstart_job), accelerators="tpu-v5litepod-8:1", zone="asia-east1-a")
+    assert task["resources"]["accelerators"] == "tpu-v5litepod-8"  # SkyPilot's tpu-...:1 form read as the slice
+    assert task["resources"]["accelerator_args"] == {"runtime_version": "v2-alpha-tpuv5-lite"}
+    with pytest.raises(BackendError, match=r"^several TPU VMs do not train one job together"):
+        dry("gcp", tpu_job(quickstart_job), accelerators="tpu-v3-8", zone="europe-west4-a", num_nodes=2)
 
 
 def test_tpu_wrong_zone(quickstart_job):

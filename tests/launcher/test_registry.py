@@ -53,6 +53,9 @@ def test_declared_incapability_is_refused_with_the_providers_message(backend, ca
     spec = request(cloud, cap)
     if backend is LOCAL_DOCKER:
         spec.resources.docker = True
+    if "gpu" in backend.cannot and cap != "gpu":  # a TPU-only provider: the same request on a TPU
+        spec = JobSpec.model_validate({**spec.model_dump(), "method": "full",
+                                       "resources": {**spec.resources.model_dump(), "accelerators": "tpu-v3-8"}})
     with pytest.raises(BackendError) as e:
         backend.check(spec)
     assert str(e.value) == backend.cannot[cap]

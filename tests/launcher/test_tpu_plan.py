@@ -36,6 +36,18 @@ def test_tpu_types():
     assert tpu("v5litepod-16").hosts == 4
     with pytest.raises(PlanError, match="resources.accelerators"):
         tpu("v9-8")
+    assert tpu("v5litepod-4").devices == 4
+    for odd in ("v3-7", "v4-4", "v5litepod-2"):  # no such slice: not a plan for 7 devices
+        with pytest.raises(PlanError, match=f"unknown TPU type '{odd}': .* slices come in"):
+            tpu(odd)
+
+
+def test_a_tpu_in_skypilots_own_form_is_the_slice():
+    from launcher.spec import JobSpec, SpecError, load_spec
+
+    assert JobSpec.model_validate({"method": "full", "resources": {"accelerators": "tpu-v3-8:1"}}).resources.accelerators == "tpu-v3-8"
+    with pytest.raises(SpecError, match=r"resources.accelerators: a TPU slice is taken one at a time \(got 'tpu-v3-8:2'\)"):
+        load_spec(None, [("method", "full"), ("resources.accelerators", "tpu-v3-8:2")], data={})
 
 
 def test_the_issues_default_run_does_not_fit_a_v3_8():
