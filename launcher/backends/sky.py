@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,21 @@ def cluster_name(job_id: str) -> str:
     from launcher.sky_api import PREFIX
 
     return f"{PREFIX}{job_id}"
+
+
+# module -> the distribution that installs it, where the names differ
+_DIST = {"flash_attn": "flash-attn", "llama_cpp": "llama-cpp-python", "tensorboardX": "tensorboardx"}
+
+
+def _image_packages() -> set[str] | None:
+    """The distributions the GPU image installs (its pins), or None where the file is not at hand."""
+    pins = Path(__file__).resolve().parents[2] / "images" / "gpu" / "requirements.txt"
+    try:
+        lines = pins.read_text().splitlines()
+    except OSError:
+        return None
+    names = (re.split(r"[=<>!~\[; ]", ln.strip(), maxsplit=1)[0] for ln in lines)
+    return {n.lower().replace("_", "-") for n in names if n and not n.startswith(("#", "-"))}
 
 
 def _link_outside(folder: Path, base: Path) -> Path | None:
@@ -206,6 +222,26 @@ class SkyBackend(Backend):
         if not spec.resources.accelerators and self.needs_accelerators:
             example = "--tpu v3-8" if "gpu" in self.cannot else "--gpus A100:1"
             raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. {example}")
+        if self.uses_image and spec.resources.accelerators and not spec.resources.is_tpu:
+            self._check_trainer(spec)
+
+    def _check_trainer(self, spec: "JobSpec") -> None:
+        """What the GPU trainer would refuse when it starts on the machine (a setting its image has
+        no package for, bf16 on a GPU without it, FSDP of an adapter), refused before the machine
+        is rented and the data prepared on it, not after."""
+        from launcher.estimate import GPUS
+        from trainers.gpu.train import InputError, check_method, resolve_attention, resolve_precision
+
+        packages = _image_packages()
+        installed = (lambda m: _DIST.get(m, m) in packages) if packages is not None else (lambda m: True)
+        gpu = GPUS.get((spec.resources.accelerator_name or "").lower())
+        try:
+            check_method(spec, cuda=True, installed=installed)
+            resolve_precision(spec.train.precision, cuda=True, bf16_ok=gpu.bf16 if gpu else True)
+            resolve_attention(spec.train.attn_implementation, cuda=True, installed=installed)
+        except InputError as e:
+            where = f"on {spec.resources.accelerators}" if "bf16" in str(e) else "in the GPU image (images/gpu/requirements.txt)"
+            raise BackendError(f"{e} ({where})") from None
 
     def check_travels(self, spec: "JobSpec", job_file: Path) -> None:
         """Local data and model paths must lie in the job file's folder: that folder (the task's

@@ -376,6 +376,24 @@ def test_a_cloud_dry_run_refuses_what_would_fail_at_once(quickstart_job, sets, n
                  *[x for s in sets for x in ("--set", s)]), needle)
 
 
+@pytest.mark.parametrize("gpus, sets, needle", [
+    ("A100:1", ["train.fsdp=true"], "error: train.fsdp: FSDP is for method: full"),
+    ("A100:1", ["outputs.export.gguf=q4_k_m"], "error: outputs.export.gguf: q4_k_m needs llama.cpp's quantizer"),
+    ("A100:1", ["train.attn_implementation=flash_attention_2"], "needs a CUDA GPU and the flash-attn package; use auto (in "
+                                                                 "the GPU image (images/gpu/requirements.txt))"),
+    ("A100:1", ["train.report_to=tensorboard"], "error: train.report_to: tensorboard needs the tensorboard package"),
+    ("T4:1", ["train.precision=bf16"], "error: train.precision: this GPU has no bf16; use fp16 or auto (on T4:1)"),
+])
+def test_a_cloud_submit_refuses_what_the_trainer_would_refuse_on_the_machine(quickstart_job, gpus, sets, needle):
+    """Refused before a machine is rented and the data prepared on it: the image has no package for
+    it, the GPU cannot do it, or the trainer never takes it."""
+    one_line(cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", gpus,
+                 *[x for s in sets for x in ("--set", s)]), needle)
+    p = cli("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:1",
+            "--set", "outputs.export.gguf=q8_0", "--set", "train.report_to=wandb")  # what the image has
+    assert p.returncode == 0, p.stderr
+
+
 @pytest.mark.parametrize("ignore", ["data\n", "/data/\n", "*.jsonl\n"])
 def test_data_left_out_of_the_upload_is_refused(quickstart_job, ignore):
     (quickstart_job.parent / ".skyignore").write_text(ignore)

@@ -52,9 +52,13 @@ def resolve_precision(choice: str, cuda: bool, bf16_ok: bool) -> str:
     return choice
 
 
-def resolve_attention(choice: str, cuda: bool) -> str:
+def installed_here(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_attention(choice: str, cuda: bool, installed=installed_here) -> str:
     """The attention kernel: flash-attention when installed on a CUDA GPU, else PyTorch SDPA."""
-    has_flash = importlib.util.find_spec("flash_attn") is not None
+    has_flash = installed("flash_attn")
     if choice == "auto":
         return "flash_attention_2" if cuda and has_flash else "sdpa"
     if choice == "flash_attention_2" and not (cuda and has_flash):
@@ -62,8 +66,9 @@ def resolve_attention(choice: str, cuda: bool) -> str:
     return choice
 
 
-def check_method(spec, cuda: bool) -> None:
-    """Refuse what cannot run here before anything heavy is loaded."""
+def check_method(spec, cuda: bool, installed=installed_here) -> None:
+    """Refuse what cannot run here before anything heavy is loaded. `installed(module)`: whether a
+    package is there (the launcher asks it of a GPU image's package list before renting a machine)."""
     gpus = spec.resources.accelerators
     if gpus and not spec.resources.is_tpu and not cuda:
         # A GPU machine whose driver or image is broken would otherwise train on its CPU, for hours, at GPU prices.
@@ -74,14 +79,14 @@ def check_method(spec, cuda: bool) -> None:
         if not cuda:
             raise InputError("method: qlora needs a CUDA GPU (bitsandbytes 4-bit NF4) and this machine has none; "
                              "use method: lora (or run on a GPU cloud)")
-        if importlib.util.find_spec("bitsandbytes") is None:
+        if not installed("bitsandbytes"):
             raise InputError("method: qlora needs the bitsandbytes package (pip install bitsandbytes)")
     report = spec.train.report_to
-    if report != "none" and not any(importlib.util.find_spec(m) for m in {"wandb": ["wandb"],
+    if report != "none" and not any(installed(m) for m in {"wandb": ["wandb"],
                                     "tensorboard": ["tensorboard", "tensorboardX"]}[report]):
         raise InputError(f"train.report_to: {report} needs the {report} package (pip install {report})")
     gguf = spec.outputs.export.gguf if spec.outputs.export else None
-    if gguf and gguf not in ("f32", "f16", "bf16", "q8_0") and importlib.util.find_spec("llama_cpp") is None:
+    if gguf and gguf not in ("f32", "f16", "bf16", "q8_0") and not installed("llama_cpp"):
         raise InputError(f"outputs.export.gguf: {gguf} needs llama.cpp's quantizer on the training machine "
                          "(pip install 'llm-launcher[export]'); use f16, bf16 or q8_0 here and "
                          f"`launcher export RUN --gguf {gguf}` at home")
