@@ -426,7 +426,7 @@ def flops_per_token(s: ModelShape, u: Setup) -> float:
 @dataclass
 class Tokens:
     per_epoch: int
-    run: int
+    run: int        # for the accelerator asked for; each cost row counts its own (`run_tokens`)
     source: str
 
 
@@ -584,19 +584,28 @@ def setup_for(spec, acc: Accel | None, count: int) -> Setup:
                  world=max(1, count) * nodes, fsdp=fsdp, device=device)
 
 
+def tpu_plan_for(shape: ModelShape, spec, acc: Accel):
+    """The TPU trainer's plan for this job on `acc` (what its dry run and trainer choose, via
+    launcher/tpu_plan.py), or the reason there is none (a string)."""
+    from launcher import tpu_plan
+
+    try:
+        return tpu_plan.plan_for_spec(spec, tpu_plan.LlamaShape.from_hf_config(shape.config), acc.name)
+    except tpu_plan.PlanError as e:
+        return str(e)
+    except KeyError as e:
+        return f"no {e} in the model's config"
+
+
 def tpu_memory(shape: ModelShape, spec, acc: Accel) -> Memory:
     """Memory per TPU device: the TPU trainer's own plan (launcher/tpu_plan.py: EasyLM's sharded
     train step on the mesh, with the changes it makes to fit), so that the estimate and the run
     agree. Where that plan has nothing that fits, or the model is not one EasyLM trains, the job as
     written is shown as a GPU-style FSDP full fine-tune over the slice's devices."""
-    from launcher import tpu_plan
-
-    try:
-        plan = tpu_plan.plan_for_spec(spec, tpu_plan.LlamaShape.from_hf_config(shape.config), acc.name)
-    except (tpu_plan.PlanError, KeyError) as e:
+    plan = tpu_plan_for(shape, spec, acc)
+    if isinstance(plan, str):
         mem = training_memory(shape, setup_for(spec, acc, acc.devices))
-        why = str(e) if isinstance(e, tpu_plan.PlanError) else f"no {e} in the model's config"
-        return Memory(mem.parts, [*mem.notes, f"the TPU plan: {why}"])
+        return Memory(mem.parts, [*mem.notes, f"the TPU plan: {plan}"])
     s = plan.setup
     notes = [f"EasyLM mesh {s.mesh_dim} (dp,fsdp,mp), {s.rows_per_update} rows of {s.seq} tokens per update, "
              f"remat {'on' if s.remat else 'off'}, adam mu {s.moments}", *(f"changed to fit: {c}" for c in plan.changes)]
@@ -632,10 +641,32 @@ class Row:
         return None if self.spot is None else self.spot * self.hours
 
 
+def run_tokens(shape: ModelShape, spec, tokens: Tokens, acc: Accel | None, count: int) -> int:
+    """Tokens the run trains on with `count` x `acc` per node. With train.max_steps, the steps are
+    optimizer updates, so the tokens grow with the devices: max_steps x the rows one update takes
+    there x max_length. On GPUs (and the CPU) the HF Trainer's rows: per-device batch x accumulation
+    x devices over all nodes; on a TPU the rows the TPU trainer renders (trainers/tpu/flags.py
+    `plan`, with the memory plan's micro-batch and accumulation, which it may lower to fit). With
+    epochs, the data's tokens x epochs, whatever the accelerator."""
+    t = spec.train
+    if t.max_steps <= 0:
+        return int(tokens.per_epoch * t.num_train_epochs)
+    if acc is not None and acc.name.startswith("tpu-"):
+        from trainers.tpu import flags
+
+        plan = tpu_plan_for(shape, spec, acc)
+        # no plan (nothing fits, not a LLaMA): the job's own batch on full FSDP, as `plan` does then
+        return t.max_steps * flags.plan(spec, acc.name, 0, None if isinstance(plan, str) else plan.setup)["tokens_per_update"]
+    return (t.max_steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+            * max(1, count) * spec.resources.num_nodes * spec.data.max_length)
+
+
 def hours_for(shape: ModelShape, spec, tokens: Tokens, acc: Accel, count: int, mfu: float = MFU) -> float:
+    """Hours for the run on `count` x `acc` per node: its own tokens (`run_tokens`: with max_steps
+    they depend on the devices) x FLOPs per token / the devices' sustained FLOP/s."""
     u = setup_for(spec, acc, count)
     devices = max(1, count) * spec.resources.num_nodes
-    return tokens.run * flops_per_token(shape, u) / (devices * acc.tflops * 1e12 * mfu) / 3600
+    return run_tokens(shape, spec, tokens, acc, count) * flops_per_token(shape, u) / (devices * acc.tflops * 1e12 * mfu) / 3600
 
 
 def cost_table(shape: ModelShape, spec, tokens: Tokens, *, clouds=None, asked: tuple[str, str] | None = None,
@@ -791,6 +822,7 @@ def estimate(spec, job_file: Path, *, online: bool = True, mfu: float = MFU, tab
     mem = memory_for(shape, spec, acc, count)
     u = setup_for(spec, acc, count)
     tokens = training_tokens(spec, base, u)
+    tokens = Tokens(tokens.per_epoch, run_tokens(shape, spec, tokens, acc, count), tokens.source)  # a TPU's plan may differ
     hours = hours_for(shape, spec, tokens, acc, count, mfu) if acc else None
     asked = (r.cloud, r.accelerators if acc is None or acc.name.startswith("tpu-") else f"{acc.name}:{count}")
     rows = cost_table(shape, spec, tokens, clouds=clouds, asked=asked, mfu=mfu) if table else []

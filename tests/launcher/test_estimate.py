@@ -222,3 +222,77 @@ def test_estimator_imports_nothing_heavy():
     from common import loaded_by
 
     assert loaded_by("launcher.estimate", ("torch", "transformers", "sky", "gguf", "pydantic")) == []
+
+
+def _llama7b_job(tmp_path, **train):
+    """A 7B LoRA job as README's example: batch 4 x 2048 tokens, accumulation 8, checkpointing."""
+    (tmp_path / "llama").mkdir(exist_ok=True)
+    (tmp_path / "llama/config.json").write_text(json.dumps(LLAMA2_7B))
+    (tmp_path / "pairs.jsonl").write_text('{"q": "a", "a": "b"}\n')
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "seven", "model": "llama", "method": "lora",
+                                   "data": {"sources": [{"path": "pairs.jsonl", "input": "q", "output": "a"}],
+                                            "max_length": 2048},
+                                   "train": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8,
+                                             "gradient_checkpointing": True, **train}}))
+    return job
+
+
+def _row(output: str, cloud: str, accelerators: str) -> list[str]:
+    return next(ln.split() for ln in output.splitlines() if ln.split()[:2] in ([cloud, accelerators], [cloud + "*", accelerators]))
+
+
+def test_max_steps_rows_count_their_own_devices(tmp_path):
+    """With max_steps, a row's tokens are max_steps x batch x accumulation x ITS devices x max_length:
+    the same row whatever --gpus asked (each row was divided by its own devices from the tokens of the
+    asked count: lambda A100:1 said 6.6 h / $13 asked alone, 2.2 days / $104 when A100:8 was asked)."""
+    from launcher.spec import load_spec
+
+    job = _llama7b_job(tmp_path, max_steps=1000)
+    one, eight = (run("estimate", job, "--cloud", "lambda", "--gpus", g).output for g in ("A100:1", "A100:8"))
+    for acc in ("A100:1", "A100:8"):
+        assert _row(one, "lambda", acc)[1:] == _row(eight, "lambda", acc)[1:]
+    assert "65,536,000 for the run" in one and "524,288,000 for the run" in eight
+
+    spec = load_spec(job)
+    shape = est.model_shape(str(tmp_path / "llama"))
+    tokens = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    rows = est.cost_table(shape, spec, tokens, clouds=["lambda", "aws"])
+    assert {r.accelerators for r in rows} >= {"A100:1", "A100:8"}
+    for r in rows:
+        acc, n = est.parse_accelerators(r.accelerators)
+        run_tokens = 1000 * 4 * 8 * n * 2048
+        flops = est.flops_per_token(shape, est.setup_for(spec, acc, n))
+        assert r.hours == pytest.approx(run_tokens * flops / (n * acc.tflops * 1e12 * est.MFU) / 3600), r
+    # one device or eight: the same time for 1000 updates, eight times the tokens and the cost
+    by = {r.accelerators: r for r in rows if r.cloud == "lambda"}
+    assert by["A100:8"].hours == pytest.approx(by["A100:1"].hours)
+
+    # epochs: the data's tokens, whatever the devices: eight A100s take an eighth of the time
+    spec = load_spec(_llama7b_job(tmp_path, max_steps=-1, num_train_epochs=3))
+    rows = {r.accelerators: r for r in est.cost_table(shape, spec, tokens, clouds=["lambda"])}
+    assert rows["A100:8"].hours == pytest.approx(rows["A100:1"].hours / 8)
+    assert rows["A100:1"].hours == pytest.approx(3 * tokens.per_epoch * est.flops_per_token(
+        shape, est.setup_for(spec, *est.parse_accelerators("A100:1"))) / (312e12 * est.MFU) / 3600)
+
+
+def test_tpu_row_counts_the_tokens_its_rendered_command_trains(tmp_path):
+    """A TPU row's tokens are what EasyLM's rendered flags train (total_steps micro-batches of
+    batch_size x seq_length), after the memory plan has lowered the rows per update to fit."""
+    from launcher.spec import load_spec
+    from trainers.tpu import flags
+
+    spec = load_spec(_llama7b_job(tmp_path, max_steps=1000), [("method", "full")])
+    shape = est.model_shape(str(tmp_path / "llama"))
+    tokens = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    rows = {r.accelerators: r for r in est.cost_table(shape, spec, tokens, clouds=["gcp"])}
+    for name in ("tpu-v3-8", "tpu-v3-32"):
+        f = dict(x[2:].split("=", 1) for x in flags.render(
+            spec, name, "d", "gs://b/o", model_config=LLAMA2_7B, tokenizer_dir="t", params_path="p", train_tokens=0))
+        rendered = int(f["total_steps"]) * int(f["train_dataset.json_dataset.batch_size"]) * int(
+            f["train_dataset.json_dataset.seq_length"])
+        acc, n = est.parse_accelerators(name)
+        flops = est.flops_per_token(shape, est.setup_for(spec, acc, n))
+        assert rows[name].hours == pytest.approx(rendered * flops / (n * acc.tflops * 1e12 * est.MFU) / 3600), name
+    # the v3-8's plan gives up accumulation to fit: fewer rows per update than the job's 4 x 8 x 8
+    assert rows["tpu-v3-8"].hours < rows["tpu-v3-32"].hours / 4
