@@ -754,8 +754,11 @@ def suggestions(shape: ModelShape, spec, acc: Accel, count: int) -> list[str]:
     return out
 
 
-def cheapest_fit(rows: list[Row]) -> Row | None:
-    fit = [r for r in rows if r.fits and r.price is not None]
+def cheapest_fit(rows: list[Row], method: str) -> Row | None:
+    """The cheapest row that fits, for a job of `method`: TPU rows only for a full fine-tune (the
+    TPU trainer, EasyLM, has no LoRA: its row prices another job)."""
+    fit = [r for r in rows if r.fits and r.price is not None
+           and (method == "full" or not r.accelerators.startswith("tpu-"))]
     return min(fit, key=lambda r: r.total) if fit else None
 
 
@@ -879,7 +882,7 @@ def check_fits(spec, job_file: Path) -> Estimate | None:
         return None
     est = estimate(spec, job_file, table=True)
     if est.fits is False:
-        best = cheapest_fit(est.rows)
+        best = cheapest_fit(est.rows, spec.method)
         tips = suggestions(est.shape, spec, est.acc, est.count)
         raise DoesNotFit(
             f"{spec.model} ({spec.method}) needs {est.memory.total / GiB:.1f} GiB per device, {r.accelerators} has "

@@ -296,3 +296,27 @@ def test_tpu_row_counts_the_tokens_its_rendered_command_trains(tmp_path):
         assert rows[name].hours == pytest.approx(rendered * flops / (n * acc.tflops * 1e12 * est.MFU) / 3600), name
     # the v3-8's plan gives up accumulation to fit: fewer rows per update than the job's 4 x 8 x 8
     assert rows["tpu-v3-8"].hours < rows["tpu-v3-32"].hours / 4
+
+
+def test_cheapest_fit_offers_a_tpu_to_full_fine_tunes_only(tmp_path):
+    """A LoRA job's cheapest fitting row can be a TPU's, which prices EasyLM's full fine-tune, not this
+    job: `cheapest_fit` (what submit names when a job does not fit) skips TPUs unless method is full.
+    Before, submit said of a LoRA 7B too big for an A100 "cheapest that fits: tpu-v5litepod-8"."""
+    from launcher.spec import load_spec
+
+    job = _llama7b_job(tmp_path, max_steps=1000)
+    spec = load_spec(job)
+    shape = est.model_shape(str(tmp_path / "llama"))
+    tokens = est.training_tokens(spec, tmp_path, est.setup_for(spec, None, 1))
+    rows = est.cost_table(shape, spec, tokens)
+    fit = [r for r in rows if r.fits and r.price is not None]
+    assert min(fit, key=lambda r: r.total).accelerators.startswith("tpu-")  # the case: a TPU is cheapest
+    gpus = [r for r in fit if not r.accelerators.startswith("tpu-")]
+    assert gpus and est.cheapest_fit(rows, "lora") is min(gpus, key=lambda r: r.total)
+    assert est.cheapest_fit(rows, "full") is min(fit, key=lambda r: r.total)
+
+    # without checkpointing (115 GiB) no GPU in the catalog fits, only TPUs: submit names none of them
+    job = _llama7b_job(tmp_path, max_steps=1000, gradient_checkpointing=False)
+    r = run("submit", job, "--cloud", "lambda", "--gpus", "A100:1")
+    assert r.exit_code == 2 and "needs 115.0 GiB" in r.output
+    assert "cheapest that fits" not in r.output and "tpu-" not in r.output
