@@ -65,6 +65,12 @@ class ModelShape:
     params: int               # all parameters, tied ones once
     params_source: str        # "meta device", "gguf tensors" or "formula"
     head_dim: int = 0
+    # Mixture of experts (0: a dense MLP): routed experts per block, experts each token runs, one
+    # expert's intermediate size, and the shared expert's (Qwen2-MoE; 0 for none).
+    experts: int = 0
+    experts_per_tok: int = 0
+    expert_intermediate: int = 0
+    shared_intermediate: int = 0
     config: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -76,18 +82,48 @@ class ModelShape:
         return self.heads * (self.head_dim or self.hidden // self.heads)
 
     def linears(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear layer of one decoder block, by its Hugging Face name."""
+        """(in, out) of each nn.Linear of one decoder block, by its Hugging Face name: attention and
+        the MLP, or in a mixture of experts the shared expert and its gate (Qwen2-MoE). Routed
+        experts are not nn.Linear layers in transformers 5 (see `expert_linears`)."""
         h, i = self.hidden, self.intermediate
         mlp = {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
         if self.model_type in UNGATED:
             del mlp["gate_proj"]
+        if self.experts:
+            si = self.shared_intermediate
+            mlp = {"shared_expert.gate_proj": (h, si), "shared_expert.up_proj": (h, si),
+                   "shared_expert.down_proj": (si, h), "shared_expert_gate": (h, 1)} if si else {}
         return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
                 "o_proj": (self.q_dim, h), **mlp}
 
+    def expert_linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of one routed expert's matrices, by the names peft targets them by (Mixtral's
+        w1/w3/w2, else gate/up/down_proj); empty for a dense model. transformers 5 stores each
+        block's experts as 3-D parameters (gate and up fused), not nn.Linear layers."""
+        if not self.experts:
+            return {}
+        h, i = self.hidden, self.expert_intermediate
+        g, u, d = ("w1", "w3", "w2") if self.model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+        return {f"experts.{g}": (h, i), f"experts.{u}": (h, i), f"experts.{d}": (i, h)}
+
     @property
     def linear_params(self) -> int:
-        """Parameters in the blocks' linear layers (what 4-bit quantisation and LoRA act on)."""
+        """Parameters in the blocks' nn.Linear layers: what bitsandbytes' 4-bit quantisation acts on
+        (it replaces nn.Linear only: not the routed experts)."""
         return self.layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def block_params(self) -> int:
+        """One decoder block's parameters: its linear layers, every routed expert and the router
+        (hidden x experts), and the two norms."""
+        experts = self.experts * sum(a * b for a, b in self.expert_linears().values()) + self.hidden * self.experts
+        return sum(a * b for a, b in self.linears().values()) + experts + 2 * self.hidden
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token runs through: all but the routed experts it is not sent to."""
+        idle = max(0, self.experts - self.experts_per_tok) * sum(a * b for a, b in self.expert_linears().values())
+        return self.params - self.layers * idle
 
     @property
     def embedding_params(self) -> int:
@@ -114,12 +150,18 @@ def shape_from_config(cfg: dict, *, params: int | None = None, params_source: st
         vocab = int(cfg["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
         raise EstimateError(f"model config: no {e} (is this a decoder-only language model's config.json?)") from None
+    intermediate = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden)
+    # Mixtral, PhiMoE, GraniteMoE: num_local_experts; Qwen2/Qwen3-MoE, OLMoE: num_experts (with
+    # moe_intermediate_size per expert where it differs from intermediate_size)
+    experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     shape = ModelShape(
         model_type=str(cfg.get("model_type", "llama")), hidden=hidden, layers=layers, heads=heads,
-        kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        intermediate=int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden),
+        kv_heads=int(cfg.get("num_key_value_heads") or heads), intermediate=intermediate,
         vocab=vocab, tied=bool(cfg.get("tie_word_embeddings", False)), params=0, params_source="formula",
-        head_dim=int(cfg.get("head_dim") or hidden // heads), config=cfg)
+        head_dim=int(cfg.get("head_dim") or hidden // heads), experts=experts,
+        experts_per_tok=int(cfg.get("num_experts_per_tok") or 2) if experts else 0,
+        expert_intermediate=int(cfg.get("moe_intermediate_size") or intermediate) if experts else 0,
+        shared_intermediate=int(cfg.get("shared_expert_intermediate_size") or 0) if experts else 0, config=cfg)
     if params is None and (exact == "meta" or (exact and shape.model_type not in FORMULA_EXACT)):
         params = count_params_meta(cfg)
         params_source = "meta device" if params else None
@@ -137,10 +179,10 @@ def _replace(shape: ModelShape, **kw) -> ModelShape:
 
 def count_params_formula(s: ModelShape) -> int:
     """Parameters of a LLaMA-family decoder: embeddings (and an untied head), per block the seven
-    linear layers (no biases) and two RMSNorm weights, and the final norm. Exact for LLaMA 1-3,
-    Mistral and SmolLM; models with biases (Qwen2's q/k/v) come out a little low."""
-    per_block = sum(a * b for a, b in s.linears().values()) + 2 * s.hidden
-    return s.embedding_params + s.layers * per_block + s.hidden
+    linear layers (no biases; a mixture of experts: attention, every expert, the router) and two
+    RMSNorm weights, and the final norm. Exact for LLaMA 1-3, Mistral, Mixtral and SmolLM; models
+    with biases (Qwen2's q/k/v) come out a little low."""
+    return s.embedding_params + s.layers * s.block_params + s.hidden
 
 
 def count_params_meta(cfg: dict) -> int | None:
@@ -297,9 +339,27 @@ def optimizer_bytes_per_param(optim: str) -> tuple[float, str]:
     return 8.0, "AdamW: two fp32 moments"
 
 
-def lora_targets(shape: ModelShape, targets) -> dict[str, tuple[int, int]]:
-    """The adapted linear layers of one block (peft's "all-linear" = every linear but the output head)."""
-    lin = shape.linears()
+# MoE types whose routed experts and router peft 0.21 leaves alone under "all-linear": its
+# transformers-5 conversion table maps qwen3_moe, olmoe ... onto the qwen2_moe pattern but has no
+# entry for qwen2_moe itself (a small Qwen2-MoE got adapters on attention and the shared expert only).
+PEFT_NO_EXPERT_ADAPTERS = {"qwen2_moe"}
+
+
+def lora_targets(shape: ModelShape, targets) -> dict[str, tuple[int, int, int]]:
+    """The adapted weights of one block, name -> (in, out, copies): peft's "all-linear" = every
+    linear but the output head, in a mixture of experts with the router and the routed experts,
+    which peft 0.21 maps from transformers 4's per-expert linears onto transformers 5's fused 3-D
+    parameters (its utils/transformers_weight_conversion.py): one adapter of rank r x experts per
+    parameter, gate and up fused into one of rank 2r x experts and out 2 x intermediate (counted
+    here as gate and up each with out 2 x intermediate, `copies` = experts)."""
+    lin = {k: (a, b, 1) for k, (a, b) in shape.linears().items()}
+    if shape.experts and shape.model_type not in PEFT_NO_EXPERT_ADAPTERS:
+        ex = list(shape.expert_linears().items())
+        lin["gate"] = (shape.hidden, shape.experts, 1)  # the router: a plain parameter in transformers 5, wrapped too
+        for k, (a, b) in ex[:2]:
+            lin[k] = (a, 2 * b, shape.experts)
+        k, (a, b) = ex[2]
+        lin[k] = (a, b, shape.experts)
     if targets == "all-linear" or targets == ["all-linear"]:
         return lin
     names = [targets] if isinstance(targets, str) else list(targets)
@@ -308,7 +368,7 @@ def lora_targets(shape: ModelShape, targets) -> dict[str, tuple[int, int]]:
 
 def lora_params(shape: ModelShape, r: int, targets="all-linear") -> int:
     """[LORA] r * (d_in + d_out) per adapted weight matrix."""
-    return shape.layers * sum(r * (a + b) for a, b in lora_targets(shape, targets).values())
+    return shape.layers * sum(r * c * (a + b) for a, b, c in lora_targets(shape, targets).values())
 
 
 def _act_elems_per_token_layer(s: ModelShape) -> tuple[int, int]:
@@ -316,8 +376,14 @@ def _act_elems_per_token_layer(s: ModelShape) -> tuple[int, int]:
     extra fp32 bytes). Counted the way [KORTH] counts a GPT block (34*s*b*h bytes there), for the
     LLaMA block: attention: norm input, norm output, q, k, v, q and k after RoPE, attention output
     (5h + 3kv); MLP: norm input, norm output, gate, up, SiLU(gate), their product (2h + 4i). In
-    half precision the two RMSNorms also keep an fp32 copy of their normalised input (2 x 4h bytes)."""
+    half precision the two RMSNorms also keep an fp32 copy of their normalised input (2 x 4h bytes).
+    A mixture of experts: the router's logits (e), and for each of the k experts a token is sent to
+    its gathered input, the expert's 4 x its intermediate, and its output (k x (2h + 4i)); plus the
+    shared expert's 4 x its intermediate."""
     h, kv, i = s.hidden, s.kv_dim, s.intermediate
+    if s.experts:
+        mlp = 2 * h + s.experts + s.experts_per_tok * (2 * h + 4 * s.expert_intermediate) + 4 * s.shared_intermediate
+        return 5 * h + 3 * kv + mlp, 8 * h
     mlp_i = 2 if s.model_type in UNGATED else 4  # GPT: up output and GELU output
     return 5 * h + 3 * kv + 2 * h + mlp_i * i, 8 * h
 
@@ -355,11 +421,17 @@ def training_memory(s: ModelShape, u: Setup) -> Memory:
     else:  # qlora
         w = s.linear_params * 4.127 / 8 + 4.0 * (P - s.linear_params)
         trainable = n_lora
+        if s.experts:
+            # bitsandbytes replaces nn.Linear only; transformers 5 keeps routed experts as 3-D
+            # parameters, so they load in half precision and prepare_model_for_kbit_training casts
+            # every parameter that is not 4-bit to fp32 (checked on a small Mixtral: transformers
+            # 5.24, peft 0.21, bitsandbytes 0.50: only q/k/v/o became Params4bit)
+            notes.append(f"QLoRA: the routed experts are not quantized (transformers 5's fused expert "
+                         f"parameters): {_gib(4.0 * (P - s.linear_params))} of fp32 weights")
     opt_b, opt_note = optimizer_bytes_per_param(u.optim)
     grads, states = 4.0 * trainable, opt_b * trainable
     if u.method == "full" and u.fsdp and u.world > 1:
-        block = sum(x * y for x, y in s.linears().values()) + 2 * s.hidden
-        w = w / u.world + 2 * 4.0 * block
+        w = w / u.world + 2 * 4.0 * s.block_params
         grads, states = grads / u.world, states / u.world
         notes.append(f"FSDP: weights, gradients and optimizer states sharded over {u.world} devices")
     parts["weights"] = w
@@ -377,7 +449,8 @@ def training_memory(s: ModelShape, u: Setup) -> Memory:
         # peft casts the input to the adapter's fp32 for each adapted layer and autocast casts it back
         # to half for the adapter's matmul, which keeps that copy (half base only; not measured on
         # CPU, where the trainer runs fp32); lora_dropout > 0 keeps the dropout's output and mask.
-        ins = sum(i for i, _ in lora_targets(s, u.lora_targets).values())
+        # (routed experts' adapters not counted: peft adds their product to the weight, no input copy)
+        ins = sum(i for i, _, c in lora_targets(s, u.lora_targets).values() if c == 1)
         per_layer += tokens * ins * ((a if half or u.method == "qlora" else 0) + ((a + 1) if u.lora_dropout > 0 else 0))
     if u.attn == "eager":
         per_layer += u.batch * s.heads * u.seq**2 * (a + 4)
@@ -412,8 +485,9 @@ MFU = 0.40  # stated utilisation: fraction of the datasheet peak a fine-tune typ
 def flops_per_token(s: ModelShape, u: Setup) -> float:
     """Training FLOPs per token: [TM101]/Kaplan 6N (forward 2N, backward 4N) plus attention
     12*L*s*h; a frozen base skips the weight gradients (2N of the 4N: 4N in all, LoRA and QLoRA);
-    checkpointing recomputes the forward (+2N)."""
-    n = s.params
+    checkpointing recomputes the forward (+2N). N counts the parameters a token runs through: in a
+    mixture of experts, its top-k experts only (`active_params`)."""
+    n = s.active_params
     attn = 12 * s.layers * u.seq * s.hidden
     base = (6 if u.method == "full" else 4) * n + attn
     if u.method != "full":
@@ -584,6 +658,20 @@ def setup_for(spec, acc: Accel | None, count: int) -> Setup:
                  world=max(1, count) * nodes, fsdp=fsdp, device=device)
 
 
+def tpu_refusal(shape: ModelShape) -> str | None:
+    """Why the TPU trainer cannot train this model (EasyLM's LLaMA: its own check, which the TPU dry
+    run and the weight conversion apply too), or None when it can."""
+    from trainers.tpu import flags
+
+    try:
+        flags.llama_shape(shape.config)
+    except flags.ModelConfigError as e:
+        return str(e)
+    except KeyError as e:
+        return f"model: no {e} in its config"
+    return None
+
+
 def tpu_plan_for(shape: ModelShape, spec, acc: Accel):
     """The TPU trainer's plan for this job on `acc` (what its dry run and trainer choose, via
     launcher/tpu_plan.py), or the reason there is none (a string)."""
@@ -681,12 +769,17 @@ def cost_table(shape: ModelShape, spec, tokens: Tokens, *, clouds=None, asked: t
             acc, count = parse_accelerators(o.accelerator if o.accelerator.startswith("tpu-") else f"{o.accelerator}:{o.count}")
         except EstimateError:
             continue
-        mem = memory_for(shape, spec, acc, count)
         is_asked = asked is not None and asked == (o.cloud, _acc_text(o))
+        refused = acc.name.startswith("tpu-") and tpu_refusal(shape)
+        if refused and not is_asked:
+            continue  # a model the TPU trainer cannot train: no TPU row
+        mem = memory_for(shape, spec, acc, count)
         row = Row(o.cloud, _acc_text(o), o.instance, mem.total / GiB, acc.mem_gib, mem.total <= acc.mem_gib * GiB,
                   None if o.price is None else o.price * nodes, None if o.spot is None else o.spot * nodes,
                   hours_for(shape, spec, tokens, acc, count, mfu), asked=is_asked)
-        if acc.name.startswith("tpu-"):
+        if refused:
+            row.fits, row.note = False, "the TPU trainer cannot train this model"
+        elif acc.name.startswith("tpu-"):
             row.note = "full fine-tune (EasyLM)" if spec.method != "full" else ""
             if acc.name == "tpu-v3-8":
                 row.note = ("free under a TPU Research Cloud grant; " + row.note).rstrip("; ")
@@ -812,6 +905,8 @@ class Estimate:
     def fits(self) -> bool | None:
         if self.acc is None:
             return None
+        if self.acc.name.startswith("tpu-") and tpu_refusal(self.shape):
+            return False
         return self.memory.total <= self.acc.mem_gib * GiB
 
 
@@ -832,7 +927,9 @@ def estimate(spec, job_file: Path, *, online: bool = True, mfu: float = MFU, tab
 
     L = [f"model {spec.model}: {shape.model_type}, {shape.params:,} parameters ({shape.params_source}); "
          f"hidden {shape.hidden}, {shape.layers} layers, {shape.heads} heads ({shape.kv_heads} kv), "
-         f"intermediate {shape.intermediate}, vocab {shape.vocab}{', tied embeddings' if shape.tied else ''}"]
+         f"intermediate {shape.intermediate}, vocab {shape.vocab}{', tied embeddings' if shape.tied else ''}"
+         + (f"; {shape.experts} experts of intermediate {shape.expert_intermediate}, {shape.experts_per_tok} per token "
+            f"({shape.active_params:,} parameters active)" if shape.experts else "")]
     lora = f", LoRA r={u.lora_r} ({lora_params(shape, u.lora_r, u.lora_targets):,} trainable)" if u.method != "full" else ""
     L.append(f"job: {u.method}{lora}, {u.precision}, batch {u.batch} x {u.seq} tokens x accumulation {u.accum}"
              f" x {u.world} device(s), checkpointing {'on' if u.checkpointing else 'off'}, {u.attn} attention, {u.optim}"
@@ -841,7 +938,10 @@ def estimate(spec, job_file: Path, *, online: bool = True, mfu: float = MFU, tab
         "this machine's CPU (no resources.accelerators)"
     L.append("")
     L += format_memory(mem, where, acc.mem_gib if acc else None)
-    if acc is not None:
+    refused = acc is not None and acc.name.startswith("tpu-") and tpu_refusal(shape)
+    if refused:
+        L.append(f"verdict: the TPU trainer cannot train this model ({refused})")
+    elif acc is not None:
         over = mem.total - acc.mem_gib * GiB
         if over <= 0:
             L.append(f"verdict: fits {acc.name} ({_gib(-over)} to spare)")
@@ -881,6 +981,8 @@ def check_fits(spec, job_file: Path) -> Estimate | None:
     if r.cloud not in priced_clouds() or not r.accelerators:
         return None
     est = estimate(spec, job_file, table=True)
+    if est.acc.name.startswith("tpu-") and (why := tpu_refusal(est.shape)):
+        raise EstimateError(why)  # the TPU dry run's own words; no memory figure applies
     if est.fits is False:
         best = cheapest_fit(est.rows, spec.method)
         tips = suggestions(est.shape, spec, est.acc, est.count)

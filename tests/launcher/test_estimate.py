@@ -320,3 +320,92 @@ def test_cheapest_fit_offers_a_tpu_to_full_fine_tunes_only(tmp_path):
     r = run("submit", job, "--cloud", "lambda", "--gpus", "A100:1")
     assert r.exit_code == 2 and "needs 115.0 GiB" in r.output
     assert "cheapest that fits" not in r.output and "tpu-" not in r.output
+
+
+MIXTRAL_8X7B = dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                    num_hidden_layers=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
+                    num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=32768, rope_theta=1e6)
+
+
+def test_mixtral_counts_every_expert_and_runs_two():
+    """Mixtral 8x7B: 46.7B parameters, 12.9B active per token (Mistral AI's model card); the formula
+    counted one expert's MLP per block (the other seven fell into QLoRA's fp32 "rest" by accident)."""
+    s = est.shape_from_config(MIXTRAL_8X7B, exact=False)
+    assert s.params == 46_702_792_704
+    assert s.active_params == 12_879_925_248
+    assert (s.experts, s.experts_per_tok, s.expert_intermediate) == (8, 2, 14336)
+    # what bitsandbytes quantizes is attention (nn.Linear); the fused experts and the router stay fp32
+    attention = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024)
+    assert s.linear_params == attention
+    q = est.training_memory(s, est.Setup(method="qlora", batch=1, seq=2048, checkpointing=True, optim="paged_adamw_32bit"))
+    assert q.parts["weights"] == pytest.approx(attention * 4.127 / 8 + 4 * (s.params - attention))
+    assert any("routed experts are not quantized" in n for n in q.notes)
+    # compute: 6 x the active parameters, not all eight experts
+    full = est.Setup(method="full", seq=2048)
+    assert est.flops_per_token(s, full) == 6 * 12_879_925_248 + 12 * 32 * 2048 * 4096
+    # activations follow the experts a token runs, not how many there are
+    act = lambda cfg: est.training_memory(est.shape_from_config(cfg, exact=False),  # noqa: E731
+                                          est.Setup(method="lora", batch=1, seq=1024)).parts["activations"]
+    assert act({**MIXTRAL_8X7B, "num_local_experts": 16}) == pytest.approx(act(MIXTRAL_8X7B), rel=1e-3)
+    assert act({**MIXTRAL_8X7B, "num_experts_per_tok": 4}) > 1.3 * act(MIXTRAL_8X7B)
+
+
+TINY_MOE = {
+    "mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=256, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(model_type="qwen2_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=48,
+                      shared_expert_intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=256, num_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=48,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256,
+                      num_experts=4, num_experts_per_tok=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MOE))
+def test_moe_quantized_and_adapted_weights_are_transformers_and_peft(name):
+    """Small MoE models built by transformers: the nn.Linear weights of the blocks (all bitsandbytes
+    quantizes) and the LoRA parameters peft creates, "all-linear" and q/v, are the estimate's."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = TINY_MOE[name]
+    conf = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    s = est.shape_from_config(cfg, exact="meta")
+    model = AutoModelForCausalLM.from_config(conf)
+    assert s.params == sum(p.numel() for p in model.parameters())
+    assert s.linear_params == sum(m.weight.numel() for n, m in model.named_modules()
+                                  if type(m) is torch.nn.Linear and ".layers." in n)
+    for targets in ("all-linear", ["q_proj", "v_proj"]):
+        peft_model = get_peft_model(AutoModelForCausalLM.from_config(conf),
+                                    LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+        assert est.lora_params(s, 4, targets) == peft_model.get_nb_trainable_parameters()[0], targets
+
+
+def test_mixtral_qlora_cli_and_no_tpu_rows(tmp_path):
+    """`launcher estimate` on Mixtral: the model line names the experts, QLoRA's weights hold the
+    experts in fp32 (what the trainer's transformers 5 + peft do), and no TPU row is offered for a
+    model the TPU trainer refuses (they were priced as a GPU-style FSDP fine-tune)."""
+    (tmp_path / "mixtral").mkdir()
+    (tmp_path / "mixtral/config.json").write_text(json.dumps(MIXTRAL_8X7B))
+    (tmp_path / "pairs.jsonl").write_text('{"q": "a", "a": "b"}\n')
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "moe", "model": "mixtral", "method": "qlora",
+                                   "data": {"sources": [{"path": "pairs.jsonl", "input": "q", "output": "a"}]},
+                                   "train": {"per_device_train_batch_size": 1, "gradient_checkpointing": True,
+                                             "max_steps": 10}}))
+    r = run("estimate", job, "--gpus", "A100-80GB:1")
+    assert r.exit_code == 0, r.output
+    s = est.shape_from_config(MIXTRAL_8X7B, exact=False)
+    weights = s.linear_params * 4.127 / 8 + 4 * (s.params - s.linear_params)
+    assert f"{'weights':<14}{weights / est.GiB:>10.2f} GiB" in r.output
+    assert "8 experts of intermediate 14336, 2 per token (12,879,925,248 parameters active)" in r.output
+    assert "does NOT fit A100-80GB" in r.output and "tpu-" not in r.output
+
+    r = run("estimate", job, "--gpus", "tpu-v3-8", "--set", "method=full", "--cloud", "gcp")
+    assert r.exit_code == 0, r.output
+    assert "verdict: the TPU trainer cannot train this model (model: model_type 'mixtral' is not supported" in r.output
+    rows = [ln.split() for ln in r.output.splitlines() if ln.strip().startswith("gcp")]
+    assert rows and all(t[0] == "gcp*" and "NO" in t for t in rows), rows  # the asked one only, marked
