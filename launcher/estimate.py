@@ -18,6 +18,8 @@ Sources of the formulas (each function names the one it uses):
   parameters; GPT-3 175B fine-tuning memory 1.2 TB -> 350 GB.
 - [QLORA] Dettmers et al., "QLoRA" (2023): NF4 weights with double quantisation cost 4 + 0.127 bits
   per parameter; the paged optimizer spills states to CPU memory under pressure.
+- [MIXTRAL] Jiang et al., "Mixtral of Experts" (2024): 8 expert MLPs per block, 2 run per token;
+  47B parameters, 13B active (a token's FLOPs follow the active ones; see `active_params`).
 """
 from __future__ import annotations
 
@@ -121,7 +123,7 @@ class ModelShape:
 
     @property
     def active_params(self) -> int:
-        """Parameters one token runs through: all but the routed experts it is not sent to."""
+        """Parameters one token runs through: all but the routed experts it is not sent to [MIXTRAL]."""
         idle = max(0, self.experts - self.experts_per_tok) * sum(a * b for a, b in self.expert_linears().values())
         return self.params - self.layers * idle
 
