@@ -341,6 +341,30 @@ def optimizer_bytes_per_param(optim: str) -> tuple[float, str]:
     return 8.0, "AdamW: two fp32 moments"
 
 
+# -- disk -----------------------------------------------------------------------------------------
+
+DISK_BASE_GB = 40  # the OS, the GPU image (about 20 GB unpacked), the data and its prepared copy
+
+
+def gpu_disk_plan(shape: ModelShape, spec) -> tuple[int, dict[str, float]]:
+    """GB a GPU machine's disk needs at its fullest, rounded up with 10% to spare, and the parts in
+    bytes. Checkpoints dominate a full fine-tune: each holds fp32 weights and the optimizer states,
+    and the next is written before the oldest is deleted (save_total_limit + 1 at once)."""
+    n, t = shape.params, spec.train
+    parts = {"system, image, data": DISK_BASE_GB * 1e9, "base model (16-bit)": n * 2.0}
+    if spec.method == "full":
+        ckpt, final = n * (4 + optimizer_bytes_per_param(t.optim)[0]), n * 4.0
+    else:
+        adapter = lora_params(shape, spec.lora.r, spec.lora.target_modules)
+        ckpt, final = adapter * (4 + optimizer_bytes_per_param(t.optim)[0]), adapter * 4 + (n * 2.0 if spec.lora.merge else 0)
+    kept = (t.save_total_limit or 3) + 1  # no limit: every checkpoint stays; at least the first few count
+    parts[f"checkpoints ({kept} at once{'' if t.save_total_limit else ', more without save_total_limit'})"] = kept * ckpt
+    parts["final model"] = final
+    if spec.outputs.export:
+        parts["export (merged 16-bit + GGUF)"] = n * 4.0
+    return int(math.ceil(sum(parts.values()) * 1.1 / 1e9 / 50) * 50), parts
+
+
 # MoE types whose routed experts and router peft 0.21 leaves alone under "all-linear": its
 # transformers-5 conversion table maps qwen3_moe, olmoe ... onto the qwen2_moe pattern but has no
 # entry for qwen2_moe itself (a small Qwen2-MoE got adapters on attention and the shared expert only).

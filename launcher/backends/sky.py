@@ -162,6 +162,15 @@ class SkyBackend(Backend):
             del res["accelerators"]
         res["use_spot"] = bool(r.spot)
         res["disk_size"] = r.disk_size
+        if not r.is_tpu and self.uses_image and (plan := self.disk_plan(spec, job_file)):
+            needed, parts = plan
+            total = sum(parts.values()) / 1e9
+            if "disk_size" not in r.model_fields_set:
+                res["disk_size"] = max(r.disk_size, needed)
+            elif r.disk_size < total:
+                raise BackendError(f"resources.disk_size: {r.disk_size} GB is less than the {total:.0f} GB this run "
+                                   f"needs on the machine ({', '.join(f'{k} {v / 1e9:.0f}' for k, v in parts.items())}); "
+                                   f"raise it to {needed}, or lower train.save_total_limit")
         if image:
             res["image_id"] = f"docker:{image}"
         else:
@@ -242,6 +251,17 @@ class SkyBackend(Backend):
         except InputError as e:
             where = f"on {spec.resources.accelerators}" if "bf16" in str(e) else "in the GPU image (images/gpu/requirements.txt)"
             raise BackendError(f"{e} ({where})") from None
+
+    def disk_plan(self, spec: "JobSpec", job_file: Path) -> tuple[int, dict[str, float]] | None:
+        """The GPU machine's disk need (launcher.estimate.gpu_disk_plan); None when the model's
+        config cannot be had here (offline): the disk then stays as set."""
+        from launcher import estimate
+
+        try:
+            shape = estimate.model_shape(spec.model, job_file.resolve().parent, exact=False)
+        except estimate.EstimateError:
+            return None
+        return estimate.gpu_disk_plan(shape, spec)
 
     def check_travels(self, spec: "JobSpec", job_file: Path) -> None:
         """Local data and model paths must lie in the job file's folder: that folder (the task's
@@ -339,6 +359,10 @@ class SkyBackend(Backend):
         lines.append("# validation: schema OK" + (f"; optimizer OK: {plan['resources']}" if "instance" in plan else ""))
         if plan.get("price_per_hour") is not None:
             lines.append(f"# price: ${plan['price_per_hour']:.2f}/hour from the catalog")
+        disk = None if spec.resources.is_tpu or not self.uses_image else self.disk_plan(spec, Path(job_file))
+        if disk:
+            lines.append(f"# disk: {task['resources']['disk_size']} GB; at its fullest the run holds "
+                         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in disk[1].items()) + " GB")
         if image_note:
             lines.append(image_note)
         lines += self._command_lines(spec)

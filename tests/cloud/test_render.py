@@ -394,6 +394,30 @@ def test_a_cloud_submit_refuses_what_the_trainer_would_refuse_on_the_machine(qui
     assert p.returncode == 0, p.stderr
 
 
+def test_the_disk_holds_the_checkpoints_a_full_fine_tune_keeps(quickstart_job):
+    """A 7B full fine-tune's checkpoint is fp32 weights and two AdamW moments, 12 bytes a parameter,
+    and three exist at once (save_total_limit 2, the next written before the oldest goes): the
+    default 256 GB would fill at the third save, hours in."""
+    model = quickstart_job.parent / "llama7b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+        "tie_word_embeddings": False}))
+    args = ("submit", quickstart_job, "--dry-run", "--cloud", "lambda", "--gpus", "A100:8", "--set", "model=./llama7b")
+    full = cli(*args, "--set", "method=full")
+    assert full.returncode == 0, full.stderr
+    params = 6_738_415_616  # Llama-2-7B
+    kept = 3 * params * 12 / 1e9
+    assert f"checkpoints (3 at once) {kept:.1f}" in full.stdout
+    size = int(yaml.safe_load("\n".join(l for l in full.stdout.splitlines() if not l.startswith("#")))["resources"]["disk_size"])
+    assert kept + 40 < size <= 500, size
+    lora = cli(*args)  # an adapter's checkpoints are small: the default disk stays
+    assert "disk_size: 256\n" in lora.stdout, lora.stdout
+    one_line(cli(*args, "--set", "method=full", "--set", "resources.disk_size=300"),
+             "error: resources.disk_size: 300 GB is less than the")
+
+
 @pytest.mark.parametrize("ignore", ["data\n", "/data/\n", "*.jsonl\n"])
 def test_data_left_out_of_the_upload_is_refused(quickstart_job, ignore):
     (quickstart_job.parent / ".skyignore").write_text(ignore)
