@@ -206,7 +206,8 @@ def model_config(ref: str, base: Path | None = None, *, online: bool = True, tim
 
 
 def _hub_config(repo: str, *, online: bool, timeout: float) -> tuple[dict, str]:
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+    # the hub's oldest models have no org (gpt2, distilgpt2): a single name is an id too
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo):
         raise ModelError(f"model {repo}: not a local path, a .gguf file, package:NAME or a hub id (org/name)")
     hf_hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
     ours = cached_config_path(repo)
@@ -223,6 +224,8 @@ def _hub_config(repo: str, *, online: bool, timeout: float) -> tuple[dict, str]:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             text = r.read().decode()
     except urllib.error.HTTPError as e:
+        if e.code == 404 and "/" not in repo:  # more likely a folder that is not there than a model
+            raise ModelError(f"model {repo}: no such folder or file here, and no model of that name on the hub") from None
         raise ModelError(f"model {repo}: the hub answered {e.code} for its config.json"
                          + (" (gated or private: set HF_TOKEN and accept its license on the hub)" if e.code in (401, 403) else "")) from None
     except (urllib.error.URLError, OSError) as e:

@@ -129,6 +129,35 @@ def test_model_config_from_the_cache_and_offline(launcher_home, monkeypatch, tmp
     assert tpu_plan.model_config("m", tmp_path)[0]["vocab_size"] == 128256
 
 
+def test_hub_ids_without_an_org_are_fetched(launcher_home, monkeypatch):
+    """The hub's oldest models (gpt2, distilgpt2) have no org; a single name the hub does not know
+    is more likely a folder that is not there, and is said so."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            known = self.path == "/gpt2/resolve/main/config.json"
+            self.send_response(200 if known else 404)
+            self.end_headers()
+            if known:
+                self.wfile.write(json.dumps({"model_type": "gpt2", "n_embd": 768}).encode())
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        cfg, why = tpu_plan.model_config("gpt2")
+        assert cfg == {"model_type": "gpt2", "n_embd": 768}, why
+        cfg, why = tpu_plan.model_config("my-model-folder")
+        assert cfg is None and why == "model my-model-folder: no such folder or file here, and no model of that name on the hub"
+    finally:
+        server.shutdown()
+
+
 def test_the_plan_imports_nothing_heavy():
     from common import loaded_by
 
