@@ -155,7 +155,7 @@ def main():
     Prepare its data:        launcher prep job.yaml
     Run it here:             launcher submit job.yaml            (--cloud local, the default)
     Run it on a cloud GPU:   launcher submit job.yaml --cloud lambda --gpus A100:1
-    Run it on a TPU VM:      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
+    Run it on a TPU VM:      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a --set method=full
     Will it fit, what cost:  launcher estimate job.yaml --gpus A100:1   (launcher clouds: where)
     Follow and fetch:        launcher status | launcher logs -f JOB | launcher sync JOB
     Stop paying:             launcher down JOB | launcher down --idle 30m
@@ -264,8 +264,9 @@ def submit(job_file, dry_run, detach, no_watch, force, fresh, **flags):
     Examples:
       launcher submit job.yaml                      # here, in the background, then follow logs
       launcher submit job.yaml --cloud lambda --gpus A100:1
-      launcher submit job.yaml --cloud aws --gpus A10G:1 --spot   # relaunched + resumed if preempted
-      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a
+      launcher submit job.yaml --cloud aws --gpus A10G:1 --spot --set outputs.bucket=s3://BUCKET/runs
+                                                    # relaunched, resumed from the bucket if preempted
+      launcher submit job.yaml --tpu v3-8 --zone europe-west4-a --set method=full   # TPUs: full fine-tunes
       launcher submit job.yaml --dry-run --set train.max_steps=10
       launcher submit job.yaml --fresh              # changed settings: start over, keep the old run aside
 

@@ -226,8 +226,9 @@ class SkyBackend(Backend):
             raise BackendError(f"outputs.bucket: {bucket} is a folder on the {self.name} machine, which goes with the "
                                "machine (preempted or torn down); give a bucket: s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
         if spec.resources.spot and not spec.outputs.bucket:
+            kinds = "gs://..." if "gpu" in self.cannot else "s3://... or gs://..."  # a TPU resumes from gs:// only
             raise BackendError("resources.spot: a preempted job is relaunched on a new machine and resumes from "
-                               "the checkpoints in its bucket; set outputs.bucket (s3://... or gs://...)")
+                               f"the checkpoints in its bucket; set outputs.bucket ({kinds})")
         if not spec.resources.accelerators and self.needs_accelerators:
             example = "--tpu v3-8" if "gpu" in self.cannot else "--gpus A100:1"
             raise BackendError(f"cloud {self.name}: resources.accelerators is empty; give one, e.g. {example}")
