@@ -343,13 +343,14 @@ def optimizer_bytes_per_param(optim: str) -> tuple[float, str]:
 
 # -- disk -----------------------------------------------------------------------------------------
 
-DISK_BASE_GB = 40  # the OS, the GPU image (about 20 GB unpacked), the data and its prepared copy
 
 
 def gpu_disk_plan(shape: ModelShape, spec) -> tuple[int, dict[str, float]]:
     """GB a GPU machine's disk needs at its fullest, rounded up with 10% to spare, and the parts in
     bytes. Checkpoints dominate a full fine-tune: each holds fp32 weights and the optimizer states,
     and the next is written before the oldest is deleted (save_total_limit + 1 at once)."""
+    from launcher.tpu_plan import DISK_BASE_GB  # the OS, an image, the data: the same allowance as a TPU VM's
+
     n, t = shape.params, spec.train
     parts = {"system, image, data": DISK_BASE_GB * 1e9, "base model (16-bit)": n * 2.0}
     if spec.method == "full":

@@ -246,12 +246,15 @@ class SkyBackend(Backend):
         installed = (lambda m: _DIST.get(m, m) in packages) if packages is not None else (lambda m: True)
         gpu = GPUS.get((spec.resources.accelerator_name or "").lower())
         try:
-            check_method(spec, cuda=True, installed=installed)
+            check_method(spec, cuda=True, installed=lambda m: True)  # what no machine would take
             resolve_precision(spec.train.precision, cuda=True, bf16_ok=gpu.bf16 if gpu else True)
+        except InputError as e:
+            raise BackendError(f"{e} (on {spec.resources.accelerators})") from None
+        try:
+            check_method(spec, cuda=True, installed=installed)
             resolve_attention(spec.train.attn_implementation, cuda=True, installed=installed)
         except InputError as e:
-            where = f"on {spec.resources.accelerators}" if "bf16" in str(e) else "in the GPU image (images/gpu/requirements.txt)"
-            raise BackendError(f"{e} ({where})") from None
+            raise BackendError(f"{e} (in the GPU image (images/gpu/requirements.txt))") from None
 
     def disk_plan(self, spec: "JobSpec", job_file: Path) -> tuple[int, dict[str, float]] | None:
         """The GPU machine's disk need (launcher.estimate.gpu_disk_plan); None when the model's
